@@ -1,0 +1,1 @@
+//! The `.mill` config: parsing, validation, diff against stored state.
