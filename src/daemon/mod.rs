@@ -1,0 +1,289 @@
+//! The node daemon: `mill init` and `mill join` set up (or resume) a node, open its
+//! store, serve the API and run until SIGINT/SIGTERM.
+
+mod identity;
+pub mod join;
+mod knobs;
+
+pub use identity::Identity;
+pub use knobs::Knobs;
+
+use crate::store::{Key, Op, Store, StoreConfig, StoreError, Txn};
+use anyhow::Context;
+use std::path::Path;
+use std::time::Instant;
+
+/// The store resource of Node objects.
+pub(crate) const NODES: &str = "mill.dev/nodes";
+
+/// Flags shared by `init` and `join` (each also as env `MILL_<FLAG>`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DaemonArgs {
+    /// The address other nodes and DNS answers use [default: the first non-loopback address].
+    #[arg(long, env = "MILL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Where the API (and node-to-node RPC) listens.
+    #[arg(long, env = "MILL_API_ADDR", default_value = "0.0.0.0:4400")]
+    pub api_addr: String,
+    /// This node's name [default: node-N in join order].
+    #[arg(long, env = "MILL_NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+/// `mill init`: bootstrap a one-node cluster (or resume this node) and serve.
+pub async fn init(data_dir: &Path, token: Option<String>, args: DaemonArgs) -> anyhow::Result<()> {
+    let knobs = Knobs::from_env()?;
+    let identity = match Identity::load(data_dir)? {
+        Some(identity) => {
+            if token.as_ref().is_some_and(|t| *t != identity.token) {
+                anyhow::bail!(
+                    "{} belongs to a cluster with another token; drop --token to resume it, or use a new --data-dir",
+                    data_dir.display()
+                );
+            }
+            identity
+        }
+        None => {
+            let identity = Identity {
+                node_id: 1,
+                node_name: args.node_name.clone().unwrap_or_else(|| "node-1".into()),
+                token: match token {
+                    Some(t) => t,
+                    None => identity::new_token()?,
+                },
+                secret_key: identity::new_secret_key()?,
+                advertise: resolve_advertise(args.advertise.as_deref())?,
+                api_addr: args.api_addr.clone(),
+                joined: true,
+            };
+            identity.save(data_dir)?;
+            identity
+        }
+    };
+    let node = RunningNode::start(data_dir, &identity, &knobs).await?;
+    node.store
+        .bootstrap()
+        .await
+        .context("cannot bootstrap the cluster")?;
+    wait_for_leader(&node.store, &knobs).await?;
+    ensure_node_object(&node.store, &identity).await?;
+    eprintln!(
+        "To join another node: mill join {} --token {}",
+        identity.advertised_api(),
+        identity.token
+    );
+    node.run().await
+}
+
+/// `mill join ADDR`: become a voter of the cluster at `member` (or resume this node).
+pub async fn join(
+    data_dir: &Path,
+    member: &str,
+    token: &str,
+    args: DaemonArgs,
+) -> anyhow::Result<()> {
+    let knobs = Knobs::from_env()?;
+    let mut identity = match Identity::load(data_dir)? {
+        Some(identity) => identity,
+        None => {
+            let advertise = resolve_advertise(args.advertise.as_deref())?;
+            let api_port = args.api_addr.rsplit(':').next().unwrap_or("4400");
+            let request = join::JoinRequest {
+                address: advertise.clone(),
+                api_address: format!("{advertise}:{api_port}"),
+                node_name: args.node_name.clone(),
+            };
+            let grant: join::JoinGrant = join::call(member, "/v1/join", token, &request).await?;
+            let identity = Identity {
+                node_id: grant.node_id,
+                node_name: grant.node_name,
+                token: token.to_string(),
+                secret_key: grant.secret_key,
+                advertise,
+                api_addr: args.api_addr.clone(),
+                joined: false,
+            };
+            identity.save(data_dir)?;
+            identity
+        }
+    };
+    let node = RunningNode::start(data_dir, &identity, &knobs).await?;
+    if !identity.joined {
+        let complete = join::JoinComplete {
+            node_id: identity.node_id,
+            api_address: identity.advertised_api(),
+        };
+        let _: serde_json::Value = tokio::time::timeout(
+            knobs.join_timeout,
+            join::call(member, "/v1/join/complete", token, &complete),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the cluster did not make this node a voter within {:?}; check that {member} can reach {}",
+                knobs.join_timeout,
+                identity.advertised_api()
+            )
+        })??;
+        identity.joined = true;
+        identity.save(data_dir)?;
+    }
+    wait_for_leader(&node.store, &knobs).await?;
+    eprintln!("Joined cluster");
+    node.run().await
+}
+
+/// A node whose store is open and whose API serves.
+struct RunningNode {
+    store: Store,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningNode {
+    async fn start(data_dir: &Path, identity: &Identity, knobs: &Knobs) -> anyhow::Result<Self> {
+        let store = Store::open(StoreConfig {
+            data_dir: data_dir.to_path_buf(),
+            node_id: identity.node_id,
+            api_addr: identity.advertised_api(),
+            token: identity.token.clone(),
+            election_timeout_ms: knobs.election_timeout.as_millis() as u64,
+            snapshot_threshold: knobs.snapshot_threshold,
+            snapshot_log_keep: knobs.snapshot_log_keep,
+            watch_window: knobs.watch_window,
+        })
+        .await
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+        let api = crate::api::router(
+            store.clone(),
+            crate::api::ApiConfig {
+                token: identity.token.clone(),
+                secret_key: identity.secret_key_bytes()?,
+                server_address: identity.advertised_api(),
+            },
+        );
+        let app = api.merge(join::router(
+            store.clone(),
+            identity.token.clone(),
+            identity.secret_key.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind(&identity.api_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (is another mill running? pick another --api-addr)",
+                    identity.api_addr
+                )
+            })?;
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        });
+        Ok(RunningNode { store, server })
+    }
+
+    /// Serves until SIGINT/SIGTERM, then shuts the store down cleanly.
+    async fn run(self) -> anyhow::Result<()> {
+        let served = self.server.await;
+        self.store.shutdown().await.ok();
+        served.context("the API server task died")?.context("the API server failed")
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            tokio::signal::ctrl_c().await.ok();
+        }
+    }
+}
+
+/// Waits until a leader serves linearizable reads, i.e. the cluster accepts work.
+async fn wait_for_leader(store: &Store, knobs: &Knobs) -> anyhow::Result<()> {
+    let deadline = Instant::now() + knobs.join_timeout;
+    loop {
+        match store.read_barrier().await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                anyhow::bail!("no raft leader after {:?}: {e}; are a majority of the nodes up?", knobs.join_timeout)
+            }
+            Err(_) => tokio::time::sleep(knobs.election_timeout / 4).await,
+        }
+    }
+}
+
+/// Creates this node's Node object if it does not exist yet.
+async fn ensure_node_object(store: &Store, identity: &Identity) -> anyhow::Result<()> {
+    let key = Key {
+        resource: NODES.to_string(),
+        namespace: None,
+        name: identity.node_name.clone(),
+    };
+    if store.get(&key).is_some() {
+        return Ok(());
+    }
+    let object = node_object(
+        &identity.node_name,
+        identity.node_id,
+        &identity.advertise,
+        &identity.advertised_api(),
+    );
+    let txn = Txn {
+        ops: vec![Op::Create { key, object }],
+        now: now(),
+    };
+    match store.propose(txn).await {
+        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e).context("cannot record this node's Node object"),
+    }
+}
+
+/// A new Node object as the proposer must write it (uid and creation time set).
+pub(crate) fn node_object(
+    name: &str,
+    raft_id: u64,
+    address: &str,
+    api_address: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "mill.dev/v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "uid": uuid::Uuid::new_v4().to_string(),
+            "creationTimestamp": now(),
+        },
+        "spec": {
+            "raftId": raft_id,
+            "address": address,
+            "apiAddress": api_address,
+        }
+    })
+}
+
+/// The current time as Kubernetes writes it: RFC 3339, UTC, whole seconds.
+pub(crate) fn now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// `--advertise`, or the first non-loopback IPv4 address of the host.
+fn resolve_advertise(flag: Option<&str>) -> anyhow::Result<String> {
+    if let Some(ip) = flag {
+        ip.parse::<std::net::IpAddr>()
+            .with_context(|| format!("--advertise {ip:?} is not an IP address"))?;
+        return Ok(ip.to_string());
+    }
+    let interfaces = if_addrs::get_if_addrs().context("cannot list network interfaces")?;
+    interfaces
+        .iter()
+        .find(|i| !i.is_loopback() && i.ip().is_ipv4())
+        .map(|i| i.ip().to_string())
+        .ok_or_else(|| anyhow::anyhow!("this host has no non-loopback IPv4 address; pass --advertise IP"))
+}
