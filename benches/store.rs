@@ -1,0 +1,414 @@
+//! mill's store against etcd 3.4, side by side in one run on one machine.
+//!
+//! Both run on loopback as 1 node and as 3 nodes, driven by the same HTTP client at the
+//! same concurrency: mill through its Kubernetes API (create = POST a Service, update =
+//! PUT it), etcd through its HTTP/JSON gateway (`/v3/kv/put`, default fsync). Watch
+//! latency is write start → event at a watcher on another member (`/v3/watch` for etcd).
+//!
+//! `cargo bench --bench store` (needs `etcd` on PATH: `scripts/setup` installs it).
+
+#[allow(dead_code)]
+#[path = "../tests/cluster/harness.rs"]
+mod harness;
+
+use base64::Engine;
+use harness::{service, Cluster, TOKEN};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// A system under test: a set of member URLs and how to write to / watch it.
+enum System {
+    Mill(Cluster),
+    Etcd(Etcd),
+}
+
+impl System {
+    fn name(&self) -> String {
+        match self {
+            System::Mill(c) => format!("mill  {} node(s)", c.nodes.len()),
+            System::Etcd(e) => format!("etcd  {} node(s)", e.urls.len()),
+        }
+    }
+
+    fn members(&self) -> usize {
+        match self {
+            System::Mill(c) => c.nodes.len(),
+            System::Etcd(e) => e.urls.len(),
+        }
+    }
+
+    /// One write of `key` = `value` through member `m`; `create` is the first write.
+    async fn put(
+        &self,
+        http: &reqwest::Client,
+        m: usize,
+        key: &str,
+        value: &str,
+        create: bool,
+    ) -> bool {
+        let resp = match self {
+            System::Mill(c) => {
+                let base = c.nodes[m].url("/apis/mill.dev/v1/namespaces/default/services");
+                let object = service(key, value);
+                let req = if create {
+                    http.post(base)
+                } else {
+                    http.put(format!("{base}/{key}"))
+                };
+                req.bearer_auth(TOKEN).json(&object).send().await
+            }
+            System::Etcd(e) => {
+                let body =
+                    json!({"key": B64.encode(format!("/bench/{key}")), "value": B64.encode(value)});
+                http.post(format!("{}/v3/kv/put", e.urls[m]))
+                    .json(&body)
+                    .send()
+                    .await
+            }
+        };
+        resp.is_ok_and(|r| r.status().is_success())
+    }
+
+    /// A streaming watch on member `m`; every event's value goes to `seen`.
+    async fn watch(
+        &self,
+        http: &reqwest::Client,
+        m: usize,
+        seen: Arc<Mutex<HashMap<String, Instant>>>,
+    ) {
+        let resp = match self {
+            System::Mill(c) => {
+                let (_, rv) = list_rv(
+                    http,
+                    &c.nodes[m].url("/apis/mill.dev/v1/namespaces/default/services"),
+                )
+                .await;
+                let url = c.nodes[m].url(&format!(
+                    "/apis/mill.dev/v1/namespaces/default/services?watch=true&resourceVersion={rv}"
+                ));
+                http.get(url).bearer_auth(TOKEN).send().await
+            }
+            System::Etcd(e) => {
+                let body = json!({"create_request": {"key": B64.encode("/bench/"), "range_end": B64.encode("/bench0")}});
+                http.post(format!("{}/v3/watch", e.urls[m]))
+                    .json(&body)
+                    .send()
+                    .await
+            }
+        };
+        let Ok(mut resp) = resp else { return };
+        let mut buf = Vec::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            buf.extend_from_slice(&chunk);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let Ok(event) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                let now = Instant::now();
+                let values: Vec<String> = match self {
+                    System::Mill(_) => event["object"]["spec"]["image"]
+                        .as_str()
+                        .map(str::to_string)
+                        .into_iter()
+                        .collect(),
+                    System::Etcd(_) => event["result"]["events"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| e["kv"]["value"].as_str())
+                        .filter_map(|v| B64.decode(v).ok())
+                        .filter_map(|v| String::from_utf8(v).ok())
+                        .collect(),
+                };
+                let mut seen = seen.lock().unwrap();
+                for v in values {
+                    seen.entry(v).or_insert(now);
+                }
+            }
+        }
+    }
+}
+
+async fn list_rv(http: &reqwest::Client, url: &str) -> (usize, String) {
+    let list: Value = http
+        .get(url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        list["items"].as_array().map_or(0, Vec::len),
+        list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_string(),
+    )
+}
+
+/// etcd members on loopback, each with its own data dir.
+struct Etcd {
+    urls: Vec<String>,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    async fn start(size: usize) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}"))
+            .collect();
+        let mut children = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let log = std::fs::File::create(dir.path().join(format!("e{i}.log"))).unwrap();
+            children.push(
+                Command::new("etcd")
+                    .args(["--name", &format!("e{i}")])
+                    .arg("--data-dir")
+                    .arg(dir.path().join(format!("e{i}")))
+                    .args([
+                        "--listen-client-urls",
+                        &format!("http://127.0.0.1:{client}"),
+                    ])
+                    .args([
+                        "--advertise-client-urls",
+                        &format!("http://127.0.0.1:{client}"),
+                    ])
+                    .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                    .args([
+                        "--initial-advertise-peer-urls",
+                        &format!("http://127.0.0.1:{peer}"),
+                    ])
+                    .args(["--initial-cluster", &initial.join(",")])
+                    .args(["--initial-cluster-state", "new", "--log-level", "error"])
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("etcd on PATH (scripts/setup installs etcd-server)"),
+            );
+        }
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|(c, _)| format!("http://127.0.0.1:{c}"))
+            .collect();
+        let http = reqwest::Client::new();
+        for url in &urls {
+            harness::eventually(Duration::from_secs(30), "etcd to serve", || async {
+                let body = json!({"key": B64.encode("/ready"), "value": B64.encode("1")});
+                let resp = http
+                    .post(format!("{url}/v3/kv/put"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .ok()?;
+                resp.status().is_success().then_some(())
+            })
+            .await;
+        }
+        Etcd {
+            urls,
+            children,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Throughput and latency percentiles of one load phase.
+struct Figures {
+    ops_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `total` writes by `concurrency` clients spread over the members.
+async fn load(
+    system: &System,
+    prefix: &str,
+    concurrency: usize,
+    total: usize,
+    create: bool,
+) -> Figures {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    let results: Vec<(Vec<Duration>, usize)> =
+        futures::future::join_all((0..concurrency).map(|_| async {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let key = format!("{prefix}-{i}");
+                let t = Instant::now();
+                if system
+                    .put(&http, i % system.members(), &key, &format!("v{i}"), create)
+                    .await
+                {
+                    latencies.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }))
+        .await;
+    let elapsed = started.elapsed();
+    let mut all: Vec<Duration> = results
+        .iter()
+        .flat_map(|(l, _)| l.iter().copied())
+        .collect();
+    all.sort();
+    Figures {
+        ops_per_sec: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+        errors: results.iter().map(|(_, e)| e).sum(),
+    }
+}
+
+/// Write start → event at a watcher on member 0, for `count` sequential writes via the last member.
+async fn watch_latency(system: &System, count: usize) -> (Duration, Duration) {
+    let http = reqwest::Client::new();
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let watcher = {
+        let seen = seen.clone();
+        let http = http.clone();
+        async move { system.watch(&http, 0, seen).await }
+    };
+    let writer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await; // let the watch connect
+        let mut sent = Vec::new();
+        for i in 0..count {
+            let value = format!("w{i}");
+            let t = Instant::now();
+            system
+                .put(&http, system.members() - 1, "watched", &value, i == 0)
+                .await;
+            sent.push((value, t));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().len() < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sent
+    };
+    let sent = tokio::select! {
+        sent = writer => sent,
+        _ = watcher => panic!("watch ended early"),
+    };
+    let seen = seen.lock().unwrap();
+    let mut latencies: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(v, t)| seen.get(v).map(|r| r.saturating_duration_since(*t)))
+        .collect();
+    latencies.sort();
+    assert!(
+        latencies.len() * 10 >= count * 9,
+        "watcher missed events: {} of {count}",
+        latencies.len()
+    );
+    (percentile(&latencies, 0.5), percentile(&latencies, 0.99))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (n1, n64, nw) = if quick {
+        (100, 600, 100)
+    } else {
+        (300, 3000, 300)
+    };
+    println!("| system | phase | clients | ops/s | p50 | p99 | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut summary = Vec::new();
+    for size in [1, 3] {
+        let systems = [
+            System::Mill(Cluster::start(size, &[]).await),
+            System::Etcd(Etcd::start(size).await),
+        ];
+        let mut at64 = Vec::new();
+        for system in &systems {
+            for (phase, create) in [("create", true), ("update", false)] {
+                for (clients, total) in [(1, n1), (64, n64)] {
+                    let prefix = format!("k{clients}");
+                    // Updates rewrite the keys the create phase made.
+                    let f = load(system, &prefix, clients, total, create).await;
+                    println!(
+                        "| {} | {phase} | {clients} | {:.0} | {} | {} | {} |",
+                        system.name(),
+                        f.ops_per_sec,
+                        ms(f.p50),
+                        ms(f.p99),
+                        f.errors
+                    );
+                    if clients == 64 && phase == "create" {
+                        at64.push(f.ops_per_sec);
+                    }
+                }
+            }
+            let (p50, p99) = watch_latency(system, nw).await;
+            println!(
+                "| {} | watch latency | 1 | - | {} | {} | 0 |",
+                system.name(),
+                ms(p50),
+                ms(p99)
+            );
+            at64.push(p99.as_secs_f64());
+        }
+        summary.push(format!(
+            "{size} node(s): writes/s at 64 clients mill/etcd = {:.2}; watch p99 mill/etcd = {:.2}",
+            at64[0] / at64[2],
+            at64[1] / at64[3]
+        ));
+    }
+    println!();
+    for line in summary {
+        println!("{line}");
+    }
+}
