@@ -1,0 +1,209 @@
+//! Raft's log, vote and committed/purged ids in sled (`RaftLogStorage`).
+//!
+//! Entries live in the tree `raft_log` keyed by big-endian index (so sled's order is log
+//! order), as JSON. Appends and votes are flushed with `flush_async` before openraft is told
+//! they are done. Single inserts, batches and range reads touch sled's in-memory page
+//! cache and are cheap enough to run on the runtime; the only potentially long operation,
+//! purging thousands of entries after a snapshot, runs on a blocking thread.
+
+// openraft's traits return its `StorageError` (large); helpers return it too, unboxed.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::consensus::TypeConfig;
+use super::db::{internal, DbUser};
+use super::types::StoreError;
+
+type StorageResult<T> = Result<T, StorageError<u64>>;
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+/// The log store; clones share the same trees.
+#[derive(Clone)]
+pub(crate) struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    /// The last committed index, for [`super::RaftInfo::commit_index`].
+    committed: Arc<AtomicU64>,
+    _user: DbUser,
+}
+
+impl LogStore {
+    /// Opens the log trees of `db`; `user` keeps shutdown waiting until this store is gone.
+    pub fn open(db: &sled::Db, user: DbUser) -> Result<Self, StoreError> {
+        let store = LogStore {
+            db: db.clone(),
+            log: db.open_tree("raft_log").map_err(internal)?,
+            meta: db.open_tree("raft_meta").map_err(internal)?,
+            committed: Arc::new(AtomicU64::new(0)),
+            _user: user,
+        };
+        let committed: Option<LogId<u64>> = read_json(&store.meta, COMMITTED).map_err(internal)?;
+        store
+            .committed
+            .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// The committed index as last reported by Raft (shared with the facade).
+    pub fn committed(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn read_json<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> StorageResult<Option<T>> {
+    let Some(bytes) = tree.get(key).map_err(|e| StorageIOError::read(&e))? else {
+        return Ok(None);
+    };
+    let value = serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read(&e))?;
+    Ok(Some(value))
+}
+
+fn to_json<T: Serialize>(value: &T) -> StorageResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StorageError::from(StorageIOError::write(&e)))
+}
+
+fn decode_entry(bytes: &[u8]) -> StorageResult<Entry<TypeConfig>> {
+    serde_json::from_slice(bytes).map_err(|e| StorageError::from(StorageIOError::read_logs(&e)))
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut entries = Vec::new();
+        for item in self.log.range::<[u8; 8], _>((start, end)) {
+            let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            entries.push(decode_entry(&bytes)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<u64>> = read_json(&self.meta, LAST_PURGED)?;
+        let last = self.log.last().map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_log_id = match last {
+            Some((_, bytes)) => Some(decode_entry(&bytes)?.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> StorageResult<()> {
+        self.meta
+            .insert(VOTE, to_json(vote)?)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<u64>>> {
+        read_json(&self.meta, VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
+        // Not flushed: openraft does not need it durable, it only speeds up a restart.
+        self.meta
+            .insert(COMMITTED, to_json(&committed)?)
+            .map_err(|e| StorageIOError::write(&e))?;
+        self.committed
+            .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<u64>>> {
+        read_json(&self.meta, COMMITTED)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(&index_key(entry.log_id.index), to_json(&entry)?);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let flushed = self
+            .db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(std::io::Error::other);
+        callback.log_io_completed(flushed);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
+        tracing::debug!(%log_id, "truncating the raft log");
+        remove_range(&self.log, (Bound::Included(log_id.index), Bound::Unbounded))
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
+        tracing::debug!(%log_id, "purging the raft log");
+        self.meta
+            .insert(LAST_PURGED, to_json(&log_id)?)
+            .map_err(|e| StorageIOError::write(&e))?;
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            remove_range(&log, (Bound::Unbounded, Bound::Included(log_id.index)))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&e))?
+    }
+}
+
+fn remove_range(log: &sled::Tree, range: (Bound<u64>, Bound<u64>)) -> StorageResult<()> {
+    let start = range.0.map(index_key);
+    let end = range.1.map(index_key);
+    let mut batch = sled::Batch::default();
+    for key in log.range::<[u8; 8], _>((start, end)).keys() {
+        batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+    }
+    log.apply_batch(batch)
+        .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))
+}

@@ -1,0 +1,326 @@
+//! The state machine (`RaftStateMachine`): applies committed entries to this node's
+//! [`Replica`] (objects in memory, persisted in sled) and feeds the watch hub.
+//!
+//! Objects are held in memory for synchronous `get`/`list` and persisted in the tree
+//! `state` under `/{resource}/{namespace}/{name}` (values: JSON `[key, object]`), with the
+//! last applied log id and membership under `#`-keys in the same tree, so one sled batch
+//! per apply call keeps them consistent. Those batches only touch sled's page cache and
+//! are cheap; the log (flushed) is what makes committed entries durable, and a restart
+//! re-applies whatever the state tree had not recorded yet.
+
+// openraft's traits return its `StorageError` (large); helpers return it too, unboxed.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, Snapshot, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use parking_lot::RwLock;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::consensus::{Response, TypeConfig};
+use super::db::{internal, DbUser};
+use super::snapshot::{self, SnapshotBuilder};
+use super::state::{self, Change, Objects};
+use super::types::{EventType, Key, Rv, StoreError, Txn};
+use super::watch::Hub;
+
+type StorageResult<T> = Result<T, StorageError<u64>>;
+type Membership = StoredMembership<u64, BasicNode>;
+
+const APPLIED: &[u8] = b"#applied";
+const MEMBERSHIP: &[u8] = b"#membership";
+
+/// This node's copy of the objects, shared by the state machine (writer) and the facade
+/// (readers, watchers).
+pub(crate) struct Replica {
+    local: RwLock<Local>,
+    applied: watch::Sender<Rv>,
+    hub: Hub,
+}
+
+struct Local {
+    objects: Objects,
+    applied: Rv,
+}
+
+impl Replica {
+    /// One object.
+    pub fn get(&self, key: &Key) -> Option<Arc<Value>> {
+        self.local.read().objects.get(key).cloned()
+    }
+
+    /// Objects of `resource` and the rv the list is consistent at.
+    pub fn list(&self, resource: &str, namespace: Option<&str>) -> (Vec<Arc<Value>>, Rv) {
+        let local = self.local.read();
+        (local.objects.list(resource, namespace), local.applied)
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied(&self) -> Rv {
+        *self.applied.borrow()
+    }
+
+    /// The watch hub.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Waits until the entry at `rv` is applied here.
+    pub async fn wait_applied(&self, rv: Rv, deadline: Duration) -> Result<Rv, StoreError> {
+        let mut rx = self.applied.subscribe();
+        let waited = tokio::time::timeout(deadline, rx.wait_for(|applied| *applied >= rv)).await;
+        match waited {
+            Ok(Ok(applied)) => Ok(*applied),
+            Ok(Err(_)) => Err(StoreError::Unavailable("the store is shutting down".into())),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "this node has not applied index {rv} after {deadline:?} (applied: {})",
+                self.applied()
+            ))),
+        }
+    }
+
+    /// Applies the entry at `rv`: installs its changes and publishes them, under one lock
+    /// so that a list at rv r and a watch from r line up exactly.
+    fn apply_txn(&self, txn: &Txn, rv: Rv) -> (Result<super::Applied, StoreError>, Vec<Change>) {
+        let mut local = self.local.write();
+        let outcome = state::apply(&local.objects, txn, rv);
+        let (result, changes) = match outcome {
+            Ok((applied, changes)) => (Ok(applied), changes),
+            Err(e) => (Err(e), Vec::new()),
+        };
+        local.objects.apply_changes(&changes);
+        local.applied = rv;
+        self.hub.publish(rv, &changes);
+        self.applied.send_replace(rv);
+        (result, changes)
+    }
+
+    /// An entry without changes (blank, membership) at `rv`.
+    fn advance(&self, rv: Rv) {
+        let mut local = self.local.write();
+        local.applied = rv;
+        self.applied.send_replace(rv);
+    }
+
+    /// Replaces everything by a snapshot's objects at `rv`, publishing the difference.
+    fn install(&self, objects: Objects, rv: Rv) {
+        let mut local = self.local.write();
+        let changes = state::diff(&local.objects, &objects, rv);
+        tracing::info!(
+            from = local.applied,
+            to = rv,
+            objects = objects.len(),
+            changes = changes.len(),
+            "installed a snapshot"
+        );
+        self.hub.install(local.applied, rv, &changes);
+        local.objects = objects;
+        local.applied = rv;
+        self.applied.send_replace(rv);
+    }
+
+    /// Ends every watch.
+    pub fn close(&self) {
+        self.hub.close();
+    }
+}
+
+/// The openraft state machine over the tree `state`.
+pub(crate) struct StateMachine {
+    replica: Arc<Replica>,
+    state: sled::Tree,
+    snapshots: sled::Tree,
+    last_applied: Option<LogId<u64>>,
+    membership: Membership,
+    user: DbUser,
+}
+
+fn object_key(key: &Key) -> Vec<u8> {
+    format!(
+        "/{}/{}/{}",
+        key.resource,
+        key.namespace.as_deref().unwrap_or_default(),
+        key.name
+    )
+    .into_bytes()
+}
+
+impl StateMachine {
+    /// Loads the state tree of `db` into memory; `watch_window` sizes the watch hub.
+    pub fn open(
+        db: &sled::Db,
+        user: DbUser,
+        watch_window: usize,
+    ) -> Result<(StateMachine, Arc<Replica>), StoreError> {
+        let state = db.open_tree("state").map_err(internal)?;
+        let snapshots = db.open_tree("snapshot").map_err(internal)?;
+        let read = |key: &[u8]| state.get(key).map_err(internal);
+        let last_applied: Option<LogId<u64>> = match read(APPLIED)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(internal)?,
+            None => None,
+        };
+        let membership: Membership = match read(MEMBERSHIP)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(internal)?,
+            None => Membership::default(),
+        };
+        let mut objects = Objects::default();
+        for item in state.scan_prefix(b"/") {
+            let (_, bytes) = item.map_err(internal)?;
+            let (key, object): (Key, Value) = serde_json::from_slice(&bytes).map_err(internal)?;
+            objects.insert(key, Arc::new(object));
+        }
+        let applied = last_applied.map_or(0, |id| id.index);
+        tracing::info!(applied, objects = objects.len(), "opened the state machine");
+        let replica = Arc::new(Replica {
+            local: RwLock::new(Local { objects, applied }),
+            applied: watch::Sender::new(applied),
+            hub: Hub::new(applied, watch_window),
+        });
+        let machine = StateMachine {
+            replica: replica.clone(),
+            state,
+            snapshots,
+            last_applied,
+            membership,
+            user,
+        };
+        Ok((machine, replica))
+    }
+
+    fn persist_changes(batch: &mut sled::Batch, changes: &[Change]) -> StorageResult<()> {
+        for change in changes {
+            let key = object_key(&change.key);
+            match change.kind {
+                EventType::Added | EventType::Modified => {
+                    let value = serde_json::to_vec(&(&change.key, change.object.as_ref()))
+                        .map_err(|e| StorageIOError::write_state_machine(&e))?;
+                    batch.insert(key, value);
+                }
+                EventType::Deleted => batch.remove(key),
+            }
+        }
+        Ok(())
+    }
+
+    fn persist_position(&self, batch: &mut sled::Batch) -> StorageResult<()> {
+        let applied = serde_json::to_vec(&self.last_applied)
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let membership = serde_json::to_vec(&self.membership)
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        batch.insert(APPLIED, applied);
+        batch.insert(MEMBERSHIP, membership);
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<u64>>, Membership)> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        let mut responses = Vec::new();
+        for entry in entries {
+            let rv = entry.log_id.index;
+            self.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => {
+                    self.replica.advance(rv);
+                    Response(None)
+                }
+                EntryPayload::Membership(membership) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    self.replica.advance(rv);
+                    Response(None)
+                }
+                EntryPayload::Normal(txn) => {
+                    let (result, changes) = self.replica.apply_txn(&txn, rv);
+                    if let Err(e) = &result {
+                        tracing::debug!(rv, error = %e, "transaction rejected");
+                    }
+                    Self::persist_changes(&mut batch, &changes)?;
+                    Response(Some(result))
+                }
+            };
+            responses.push(response);
+        }
+        self.persist_position(&mut batch)?;
+        self.state
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            objects: self.replica.local.read().objects.clone(),
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            tree: self.snapshots.clone(),
+            _user: self.user.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let signature = Some(meta.signature());
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        // Objects and position go in one batch, so a crash never mixes old and new.
+        let mut batch = sled::Batch::default();
+        self.persist_position(&mut batch)?;
+        let state = self.state.clone();
+        let snapshots = self.snapshots.clone();
+        let task_meta = meta.clone();
+        let objects = tokio::task::spawn_blocking(move || -> StorageResult<Objects> {
+            let decoded = snapshot::decode(&data)
+                .map_err(|e| StorageIOError::read_snapshot(Some(task_meta.signature()), &e))?;
+            for key in state.scan_prefix(b"/").keys() {
+                batch.remove(key.map_err(|e| StorageIOError::write_state_machine(&e))?);
+            }
+            let mut objects = Objects::default();
+            for (key, object) in decoded.objects {
+                let value = serde_json::to_vec(&(&key, &object))
+                    .map_err(|e| StorageIOError::write_state_machine(&e))?;
+                batch.insert(object_key(&key), value);
+                objects.insert(key, Arc::new(object));
+            }
+            state
+                .apply_batch(batch)
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            snapshot::save(&snapshots, &task_meta, &data)?;
+            Ok(objects)
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(signature, &e))??;
+        self.replica
+            .install(objects, meta.last_log_id.map_or(0, |id| id.index));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        snapshot::load(&self.snapshots)
+    }
+}
