@@ -1,7 +1,9 @@
 //! mill: a container orchestrator for small clusters. This crate is the `mill` binary's
-//! library: the `.mill` config, the command-line client and (later) the daemon.
+//! library: the `.mill` config, the replicated store, the API server, the node daemon and
+//! the command-line client.
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod store;

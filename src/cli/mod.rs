@@ -1,7 +1,10 @@
 //! The `mill` command line: argument parsing and one module per client command.
 
 mod crds;
+mod kubeconfig;
 mod validate;
+
+use crate::daemon::DaemonArgs;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -51,6 +54,20 @@ pub enum Command {
     },
     /// Print the CustomResourceDefinitions of mill's kinds as YAML.
     Crds,
+    /// Bootstrap a one-node cluster here (or resume this node) and serve in the foreground.
+    Init {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Join the cluster a member at ADDR belongs to (or resume this node) and serve.
+    Join {
+        /// Any member's API address (`IP:PORT`), as `mill init` printed it.
+        addr: String,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Print a kubeconfig that makes kubectl talk to the cluster.
+    Kubeconfig,
 }
 
 /// Runs one command; the exit code says whether it succeeded.
@@ -58,5 +75,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Validate { files } => validate::run(&files, args.json),
         Command::Crds => crds::run(),
+        Command::Init { daemon } => {
+            serve(crate::daemon::init(&args.data_dir, args.token, daemon))
+        }
+        Command::Join { addr, daemon } => {
+            let token = args.token.ok_or_else(|| {
+                anyhow::anyhow!("mill join needs the cluster token: pass --token (mill init printed it)")
+            })?;
+            serve(crate::daemon::join(&args.data_dir, &addr, &token, daemon))
+        }
+        Command::Kubeconfig => kubeconfig::run(&args.data_dir, &args.address, args.token.as_deref()),
     }
+}
+
+/// Runs a daemon command on a multi-threaded runtime with logs on stderr (`RUST_LOG`).
+fn serve(daemon: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Runtime::new()?.block_on(daemon)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -83,7 +83,7 @@ impl Identity {
 /// A fresh random token for a new cluster.
 pub fn new_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).context("no system randomness for the cluster token")?;
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no system randomness for the cluster token: {e}"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -91,6 +91,6 @@ pub fn new_token() -> anyhow::Result<String> {
 pub fn new_secret_key() -> anyhow::Result<String> {
     use base64::Engine;
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).context("no system randomness for the secret key")?;
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no system randomness for the secret key: {e}"))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }

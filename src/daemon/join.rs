@@ -13,7 +13,7 @@ use crate::store::{Key, Op, Store, StoreError, Txn};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -56,6 +56,7 @@ pub fn router(store: Store, token: String, secret_key: String) -> Router {
     Router::new()
         .route("/v1/join", post(reserve))
         .route("/v1/join/complete", post(complete))
+        .route("/internal/node/info", get(info))
         .with_state(Arc::new(JoinState {
             store,
             token,
@@ -152,6 +153,14 @@ async fn reserve(
         StatusCode::CONFLICT,
         "too many nodes joining at once; retry".into(),
     )
+}
+
+/// This node's Raft view (role, term, leader, indexes, voters), for operators and tests.
+async fn info(State(state): State<Arc<JoinState>>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, &state.token) {
+        return error(StatusCode::UNAUTHORIZED, "wrong or missing cluster token".into());
+    }
+    Json(state.store.raft_info()).into_response()
 }
 
 async fn complete(
