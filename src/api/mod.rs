@@ -28,6 +28,7 @@ mod secrets;
 mod selectors;
 mod status;
 mod table;
+pub mod tls;
 mod validation;
 mod watch;
 
