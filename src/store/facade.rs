@@ -178,6 +178,16 @@ impl Store {
         self.inner.replica.applied()
     }
 
+    /// The last log index covered by this node's latest snapshot (built or installed).
+    pub fn snapshot_rv(&self) -> Option<Rv> {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .snapshot
+            .map(|id| id.index)
+    }
+
     /// This node's Raft id.
     pub fn node_id(&self) -> u64 {
         self.id()

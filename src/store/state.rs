@@ -516,3 +516,565 @@ fn with_rv(object: &Value, rv: Rv) -> Value {
     set_meta(&mut object, "resourceVersion", Value::from(rv.to_string()));
     object
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: &str = "2026-01-01T00:00:00Z";
+
+    fn key(name: &str) -> Key {
+        Key {
+            resource: "mill.dev/services".into(),
+            namespace: Some("default".into()),
+            name: name.into(),
+        }
+    }
+
+    fn secret_key(name: &str) -> Key {
+        Key {
+            resource: "/secrets".into(),
+            namespace: Some("default".into()),
+            name: name.into(),
+        }
+    }
+
+    /// A service object as the API layer would propose it.
+    fn service(name: &str, image: &str) -> Value {
+        json!({
+            "apiVersion": "mill.dev/v1",
+            "kind": "Service",
+            "metadata": {
+                "name": name,
+                "namespace": "default",
+                "uid": format!("uid-{name}"),
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+            },
+            "spec": { "image": image },
+        })
+    }
+
+    fn with_meta(mut object: Value, field: &str, value: Value) -> Value {
+        object["metadata"][field] = value;
+        object
+    }
+
+    fn owned_by(object: Value, owner: &str) -> Value {
+        with_meta(
+            object,
+            "ownerReferences",
+            json!([{ "apiVersion": "mill.dev/v1", "kind": "Service", "name": owner, "uid": format!("uid-{owner}") }]),
+        )
+    }
+
+    fn txn(ops: Vec<Op>) -> Txn {
+        Txn {
+            ops,
+            now: NOW.into(),
+        }
+    }
+
+    fn create(key: Key, object: Value) -> Op {
+        Op::Create { key, object }
+    }
+
+    fn update(key: Key, object: Value, expected_rv: Option<Rv>, part: Part) -> Op {
+        Op::Update {
+            key,
+            object,
+            expected_rv,
+            part,
+        }
+    }
+
+    fn delete(key: Key) -> Op {
+        Op::Delete {
+            key,
+            expected_rv: None,
+            expected_uid: None,
+        }
+    }
+
+    /// Applies `setup` (one txn per entry, rv 1, 2, ...) and returns the objects.
+    fn objects_after(setup: &[Txn]) -> Objects {
+        let mut objects = Objects::default();
+        for (i, t) in setup.iter().enumerate() {
+            let (_, changes) = apply(&objects, t, i as Rv + 1).expect("setup txn applies");
+            objects.apply_changes(&changes);
+        }
+        objects
+    }
+
+    fn kinds(changes: &[Change]) -> Vec<(EventType, String)> {
+        changes
+            .iter()
+            .map(|c| (c.kind, c.key.name.clone()))
+            .collect()
+    }
+
+    struct Case {
+        name: &'static str,
+        setup: Vec<Txn>,
+        txn: Txn,
+        /// The events the entry (at rv 10) makes, or the error it fails with.
+        expect: Result<Vec<(EventType, &'static str)>, &'static str>,
+        /// Checks on the objects after applying.
+        check: fn(&Objects),
+    }
+
+    fn no_check(_: &Objects) {}
+
+    fn meta<'a>(objects: &'a Objects, k: &Key, field: &str) -> &'a Value {
+        &objects.get(k).expect("object exists")["metadata"][field]
+    }
+
+    #[test]
+    fn apply_follows_the_contract() {
+        use EventType::*;
+        let cases = vec![
+            Case {
+                name: "create sets resourceVersion to the index and generation 1",
+                setup: vec![],
+                txn: txn(vec![create(
+                    key("a"),
+                    with_meta(service("a", "v1"), "generation", json!(7)),
+                )]),
+                expect: Ok(vec![(Added, "a")]),
+                check: |o| {
+                    assert_eq!(meta(o, &key("a"), "resourceVersion"), "10");
+                    assert_eq!(meta(o, &key("a"), "generation"), 1);
+                },
+            },
+            Case {
+                name: "create of an existing key is AlreadyExists",
+                setup: vec![txn(vec![create(key("a"), service("a", "v1"))])],
+                txn: txn(vec![create(key("a"), service("a", "v2"))]),
+                expect: Err("AlreadyExists"),
+                check: |o| assert_eq!(o.get(&key("a")).unwrap()["spec"]["image"], "v1"),
+            },
+            Case {
+                name: "update with a stale resourceVersion is a Conflict",
+                setup: vec![
+                    txn(vec![create(key("a"), service("a", "v1"))]),
+                    txn(vec![update(key("a"), service("a", "v2"), None, Part::Main)]),
+                ],
+                txn: txn(vec![update(
+                    key("a"),
+                    service("a", "v3"),
+                    Some(1),
+                    Part::Main,
+                )]),
+                expect: Err("Conflict"),
+                check: |o| assert_eq!(o.get(&key("a")).unwrap()["spec"]["image"], "v2"),
+            },
+            Case {
+                name: "spec change with the current resourceVersion bumps generation",
+                setup: vec![txn(vec![create(key("a"), service("a", "v1"))])],
+                txn: txn(vec![update(
+                    key("a"),
+                    service("a", "v2"),
+                    Some(1),
+                    Part::Main,
+                )]),
+                expect: Ok(vec![(Modified, "a")]),
+                check: |o| {
+                    assert_eq!(meta(o, &key("a"), "generation"), 2);
+                    assert_eq!(meta(o, &key("a"), "resourceVersion"), "10");
+                },
+            },
+            Case {
+                name: "label change keeps generation but takes a new resourceVersion",
+                setup: vec![txn(vec![create(key("a"), service("a", "v1"))])],
+                txn: txn(vec![update(
+                    key("a"),
+                    with_meta(service("a", "v1"), "labels", json!({"tier": "web"})),
+                    None,
+                    Part::Main,
+                )]),
+                expect: Ok(vec![(Modified, "a")]),
+                check: |o| {
+                    assert_eq!(meta(o, &key("a"), "generation"), 1);
+                    assert_eq!(meta(o, &key("a"), "labels")["tier"], "web");
+                    assert_eq!(meta(o, &key("a"), "resourceVersion"), "10");
+                },
+            },
+            Case {
+                name: "main update keeps the stored status and the store-owned metadata",
+                setup: vec![
+                    txn(vec![create(key("a"), service("a", "v1"))]),
+                    txn(vec![update(
+                        key("a"),
+                        json!({"status": {"ready": 1}}),
+                        None,
+                        Part::Status,
+                    )]),
+                ],
+                txn: txn(vec![update(
+                    key("a"),
+                    with_meta(
+                        with_meta(
+                            json!({"metadata": {"name": "a"}, "spec": {"image": "v2"}, "status": {"ready": 99}}),
+                            "uid",
+                            json!("uid-a"),
+                        ),
+                        "creationTimestamp",
+                        json!("1999-01-01T00:00:00Z"),
+                    ),
+                    None,
+                    Part::Main,
+                )]),
+                expect: Ok(vec![(Modified, "a")]),
+                check: |o| {
+                    let a = o.get(&key("a")).unwrap();
+                    assert_eq!(a["status"]["ready"], 1);
+                    assert_eq!(a["metadata"]["creationTimestamp"], "2026-01-01T00:00:00Z");
+                    assert_eq!(a["metadata"]["namespace"], "default");
+                },
+            },
+            Case {
+                name: "an update naming another uid is a Conflict",
+                setup: vec![txn(vec![create(key("a"), service("a", "v1"))])],
+                txn: txn(vec![update(
+                    key("a"),
+                    with_meta(service("a", "v2"), "uid", json!("uid-other")),
+                    None,
+                    Part::Main,
+                )]),
+                expect: Err("Conflict"),
+                check: no_check,
+            },
+            Case {
+                name: "status update changes only status and keeps generation",
+                setup: vec![txn(vec![create(key("a"), service("a", "v1"))])],
+                txn: txn(vec![update(
+                    key("a"),
+                    with_meta(
+                        json!({"metadata": {}, "spec": {"image": "v9"}, "status": {"phase": "ok"}}),
+                        "labels",
+                        json!({"x": "y"}),
+                    ),
+                    None,
+                    Part::Status,
+                )]),
+                expect: Ok(vec![(Modified, "a")]),
+                check: |o| {
+                    let a = o.get(&key("a")).unwrap();
+                    assert_eq!(a["status"]["phase"], "ok");
+                    assert_eq!(a["spec"]["image"], "v1");
+                    assert!(a["metadata"].get("labels").is_none());
+                    assert_eq!(a["metadata"]["generation"], 1);
+                },
+            },
+            Case {
+                name: "an update that changes nothing makes no event and keeps the resourceVersion",
+                setup: vec![txn(vec![create(key("a"), service("a", "v1"))])],
+                txn: txn(vec![update(
+                    key("a"),
+                    service("a", "v1"),
+                    Some(1),
+                    Part::Main,
+                )]),
+                expect: Ok(vec![]),
+                check: |o| assert_eq!(meta(o, &key("a"), "resourceVersion"), "1"),
+            },
+            Case {
+                name: "for kinds without spec, data changes bump generation",
+                setup: vec![txn(vec![create(
+                    secret_key("s"),
+                    json!({"kind": "Secret", "metadata": {"name": "s", "uid": "u"}, "data": {"k": "MQ=="}}),
+                )])],
+                txn: txn(vec![update(
+                    secret_key("s"),
+                    json!({"kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "Mg=="}}),
+                    None,
+                    Part::Main,
+                )]),
+                expect: Ok(vec![(Modified, "s")]),
+                check: |o| assert_eq!(meta(o, &secret_key("s"), "generation"), 2),
+            },
+            Case {
+                name: "for kinds without spec, annotation changes keep generation",
+                setup: vec![txn(vec![create(
+                    secret_key("s"),
+                    json!({"kind": "Secret", "metadata": {"name": "s", "uid": "u"}, "data": {"k": "MQ=="}}),
+                )])],
+                txn: txn(vec![update(
+                    secret_key("s"),
+                    json!({"kind": "Secret", "metadata": {"name": "s", "annotations": {"a": "b"}}, "data": {"k": "MQ=="}}),
+                    None,
+                    Part::Main,
+                )]),
+                expect: Ok(vec![(Modified, "s")]),
+                check: |o| assert_eq!(meta(o, &secret_key("s"), "generation"), 1),
+            },
+            Case {
+                name: "update of a missing object is NotFound",
+                setup: vec![],
+                txn: txn(vec![update(key("a"), service("a", "v1"), None, Part::Main)]),
+                expect: Err("NotFound"),
+                check: no_check,
+            },
+            Case {
+                name: "delete without finalizers removes the object",
+                setup: vec![txn(vec![create(key("a"), service("a", "v1"))])],
+                txn: txn(vec![delete(key("a"))]),
+                expect: Ok(vec![(Deleted, "a")]),
+                check: |o| assert!(o.get(&key("a")).is_none()),
+            },
+            Case {
+                name: "delete with a wrong uid precondition is a Conflict",
+                setup: vec![txn(vec![create(key("a"), service("a", "v1"))])],
+                txn: txn(vec![Op::Delete {
+                    key: key("a"),
+                    expected_rv: None,
+                    expected_uid: Some("uid-other".into()),
+                }]),
+                expect: Err("Conflict"),
+                check: |o| assert!(o.get(&key("a")).is_some()),
+            },
+            Case {
+                name: "delete with a stale rv precondition is a Conflict",
+                setup: vec![
+                    txn(vec![create(key("a"), service("a", "v1"))]),
+                    txn(vec![update(key("a"), service("a", "v2"), None, Part::Main)]),
+                ],
+                txn: txn(vec![Op::Delete {
+                    key: key("a"),
+                    expected_rv: Some(1),
+                    expected_uid: Some("uid-a".into()),
+                }]),
+                expect: Err("Conflict"),
+                check: no_check,
+            },
+            Case {
+                name: "delete with finalizers sets deletionTimestamp from the txn",
+                setup: vec![txn(vec![create(
+                    key("a"),
+                    with_meta(
+                        service("a", "v1"),
+                        "finalizers",
+                        json!(["mill.dev/volumes"]),
+                    ),
+                )])],
+                txn: txn(vec![delete(key("a"))]),
+                expect: Ok(vec![(Modified, "a")]),
+                check: |o| {
+                    assert_eq!(meta(o, &key("a"), "deletionTimestamp"), NOW);
+                    assert_eq!(meta(o, &key("a"), "resourceVersion"), "10");
+                },
+            },
+            Case {
+                name: "deleting an object already being deleted changes nothing",
+                setup: vec![
+                    txn(vec![create(
+                        key("a"),
+                        with_meta(service("a", "v1"), "finalizers", json!(["f"])),
+                    )]),
+                    txn(vec![delete(key("a"))]),
+                ],
+                txn: txn(vec![delete(key("a"))]),
+                expect: Ok(vec![]),
+                check: |o| assert_eq!(meta(o, &key("a"), "resourceVersion"), "2"),
+            },
+            Case {
+                name: "emptying the finalizers of an object being deleted removes it",
+                setup: vec![
+                    txn(vec![create(
+                        key("a"),
+                        with_meta(service("a", "v1"), "finalizers", json!(["f"])),
+                    )]),
+                    txn(vec![delete(key("a"))]),
+                ],
+                txn: txn(vec![update(
+                    key("a"),
+                    with_meta(service("a", "v1"), "finalizers", json!([])),
+                    None,
+                    Part::Main,
+                )]),
+                expect: Ok(vec![(Deleted, "a")]),
+                check: |o| assert!(o.get(&key("a")).is_none()),
+            },
+            Case {
+                name: "removing an owner removes its dependents, recursively",
+                setup: vec![txn(vec![
+                    create(key("owner"), service("owner", "v1")),
+                    create(key("child"), owned_by(service("child", "v1"), "owner")),
+                    create(
+                        key("grandchild"),
+                        owned_by(service("grandchild", "v1"), "child"),
+                    ),
+                    create(key("stranger"), service("stranger", "v1")),
+                ])],
+                txn: txn(vec![delete(key("owner"))]),
+                expect: Ok(vec![
+                    (Deleted, "owner"),
+                    (Deleted, "child"),
+                    (Deleted, "grandchild"),
+                ]),
+                check: |o| {
+                    assert_eq!(o.len(), 1);
+                    assert!(o.get(&key("stranger")).is_some());
+                },
+            },
+            Case {
+                name: "dependents with finalizers are marked deleting, not removed",
+                setup: vec![txn(vec![
+                    create(key("owner"), service("owner", "v1")),
+                    create(
+                        key("child"),
+                        with_meta(
+                            owned_by(service("child", "v1"), "owner"),
+                            "finalizers",
+                            json!(["f"]),
+                        ),
+                    ),
+                    create(
+                        key("grandchild"),
+                        owned_by(service("grandchild", "v1"), "child"),
+                    ),
+                ])],
+                txn: txn(vec![delete(key("owner"))]),
+                expect: Ok(vec![(Deleted, "owner"), (Modified, "child")]),
+                check: |o| {
+                    assert_eq!(meta(o, &key("child"), "deletionTimestamp"), NOW);
+                    assert!(o.get(&key("grandchild")).is_some());
+                },
+            },
+            Case {
+                name: "an owner marked deleting does not cascade until it is removed",
+                setup: vec![txn(vec![
+                    create(
+                        key("owner"),
+                        with_meta(service("owner", "v1"), "finalizers", json!(["f"])),
+                    ),
+                    create(key("child"), owned_by(service("child", "v1"), "owner")),
+                ])],
+                txn: txn(vec![delete(key("owner"))]),
+                expect: Ok(vec![(Modified, "owner")]),
+                check: |o| assert!(o.get(&key("child")).is_some()),
+            },
+            Case {
+                name: "dependents created in the same txn are cascaded too",
+                setup: vec![txn(vec![create(key("owner"), service("owner", "v1"))])],
+                txn: txn(vec![
+                    create(key("child"), owned_by(service("child", "v1"), "owner")),
+                    delete(key("owner")),
+                ]),
+                expect: Ok(vec![(Deleted, "owner")]),
+                check: |o| assert_eq!(o.len(), 0),
+            },
+            Case {
+                name: "a txn is all-or-nothing",
+                setup: vec![],
+                txn: txn(vec![
+                    create(key("a"), service("a", "v1")),
+                    update(key("missing"), service("missing", "v1"), None, Part::Main),
+                ]),
+                expect: Err("NotFound"),
+                check: |o| assert_eq!(o.len(), 0),
+            },
+            Case {
+                name: "later ops of a txn see earlier ones; events coalesce per object",
+                setup: vec![],
+                txn: txn(vec![
+                    create(key("a"), service("a", "v1")),
+                    update(key("a"), service("a", "v2"), Some(10), Part::Main),
+                ]),
+                expect: Ok(vec![(Added, "a")]),
+                check: |o| {
+                    assert_eq!(o.get(&key("a")).unwrap()["spec"]["image"], "v2");
+                    assert_eq!(meta(o, &key("a"), "generation"), 2);
+                },
+            },
+        ];
+        for case in cases {
+            let mut objects = objects_after(&case.setup);
+            let before = objects.clone();
+            let outcome = apply(&objects, &case.txn, 10);
+            match (&outcome, &case.expect) {
+                (Ok((applied, changes)), Ok(expected)) => {
+                    let expected: Vec<_> =
+                        expected.iter().map(|(k, n)| (*k, n.to_string())).collect();
+                    assert_eq!(kinds(changes), expected, "{}", case.name);
+                    assert_eq!(applied.rv, 10, "{}", case.name);
+                    assert_eq!(applied.objects.len(), case.txn.ops.len(), "{}", case.name);
+                    objects.apply_changes(changes);
+                }
+                (Err(e), Err(expected)) => {
+                    assert!(
+                        format!("{e:?}").starts_with(expected),
+                        "{}: {e:?}",
+                        case.name
+                    );
+                    assert_eq!(objects, before, "{}", case.name);
+                }
+                (got, want) => panic!("{}: got {got:?}, want {want:?}", case.name),
+            }
+            (case.check)(&objects);
+        }
+    }
+
+    #[test]
+    fn deleted_events_carry_the_last_state_at_the_deleting_index() {
+        let objects = objects_after(&[txn(vec![create(key("a"), service("a", "v1"))])]);
+        let (applied, changes) = apply(&objects, &txn(vec![delete(key("a"))]), 7).unwrap();
+        assert_eq!(applied.objects, vec![None]);
+        assert_eq!(changes[0].object["metadata"]["resourceVersion"], "7");
+        assert_eq!(changes[0].object["spec"]["image"], "v1");
+    }
+
+    #[test]
+    fn list_is_scoped_by_resource_and_namespace_and_sorted() {
+        let other_ns = Key {
+            namespace: Some("prod".into()),
+            ..key("b")
+        };
+        let objects = objects_after(&[txn(vec![
+            create(key("b"), service("b", "v1")),
+            create(key("a"), service("a", "v1")),
+            create(other_ns, service("b", "v1")),
+            create(secret_key("s"), json!({"metadata": {"name": "s"}})),
+        ])]);
+        let names = |list: Vec<Arc<Value>>| -> Vec<String> {
+            list.iter()
+                .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            names(objects.list("mill.dev/services", Some("default"))),
+            ["a", "b"]
+        );
+        assert_eq!(names(objects.list("mill.dev/services", None)).len(), 3);
+        assert_eq!(names(objects.list("/secrets", None)), ["s"]);
+        assert!(objects.list("mill.dev/allocs", None).is_empty());
+    }
+
+    #[test]
+    fn diff_turns_old_contents_into_new_ones() {
+        let old = objects_after(&[txn(vec![
+            create(key("gone"), service("gone", "v1")),
+            create(key("same"), service("same", "v1")),
+            create(key("changed"), service("changed", "v1")),
+        ])]);
+        let new = objects_after(&[txn(vec![
+            create(key("same"), service("same", "v1")),
+            create(key("changed"), service("changed", "v2")),
+            create(key("new"), service("new", "v1")),
+        ])]);
+        let changes = diff(&old, &new, 50);
+        use EventType::*;
+        assert_eq!(
+            kinds(&changes),
+            vec![
+                (Modified, "changed".to_string()),
+                (Deleted, "gone".to_string()),
+                (Added, "new".to_string())
+            ]
+        );
+        assert_eq!(changes[1].object["metadata"]["resourceVersion"], "50");
+        let mut replayed = old.clone();
+        replayed.apply_changes(&changes);
+        assert_eq!(replayed, new);
+    }
+}

@@ -36,6 +36,9 @@ type Membership = StoredMembership<u64, BasicNode>;
 
 const APPLIED: &[u8] = b"#applied";
 const MEMBERSHIP: &[u8] = b"#membership";
+/// The index of the last entry that changed an object: watches from any rv at or after it
+/// are servable after a restart (nothing happened since), older ones are expired.
+const LAST_CHANGE: &[u8] = b"#last_change";
 
 /// This node's copy of the objects, shared by the state machine (writer) and the facade
 /// (readers, watchers).
@@ -138,6 +141,7 @@ pub(crate) struct StateMachine {
     state: sled::Tree,
     snapshots: sled::Tree,
     last_applied: Option<LogId<u64>>,
+    last_change: Rv,
     membership: Membership,
     user: DbUser,
 }
@@ -170,6 +174,10 @@ impl StateMachine {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(internal)?,
             None => Membership::default(),
         };
+        let last_change: Rv = match read(LAST_CHANGE)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(internal)?,
+            None => 0,
+        };
         let mut objects = Objects::default();
         for item in state.scan_prefix(b"/") {
             let (_, bytes) = item.map_err(internal)?;
@@ -181,13 +189,14 @@ impl StateMachine {
         let replica = Arc::new(Replica {
             local: RwLock::new(Local { objects, applied }),
             applied: watch::Sender::new(applied),
-            hub: Hub::new(applied, watch_window),
+            hub: Hub::new(last_change, watch_window),
         });
         let machine = StateMachine {
             replica: replica.clone(),
             state,
             snapshots,
             last_applied,
+            last_change,
             membership,
             user,
         };
@@ -214,8 +223,11 @@ impl StateMachine {
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
         let membership = serde_json::to_vec(&self.membership)
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let last_change = serde_json::to_vec(&self.last_change)
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
         batch.insert(APPLIED, applied);
         batch.insert(MEMBERSHIP, membership);
+        batch.insert(LAST_CHANGE, last_change);
         Ok(())
     }
 }
@@ -252,6 +264,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     if let Err(e) = &result {
                         tracing::debug!(rv, error = %e, "transaction rejected");
                     }
+                    if !changes.is_empty() {
+                        self.last_change = rv;
+                    }
                     Self::persist_changes(&mut batch, &changes)?;
                     Response(Some(result))
                 }
@@ -287,6 +302,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let signature = Some(meta.signature());
         self.last_applied = meta.last_log_id;
+        self.last_change = meta.last_log_id.map_or(0, |id| id.index);
         self.membership = meta.last_membership.clone();
         // Objects and position go in one batch, so a crash never mixes old and new.
         let mut batch = sled::Batch::default();

@@ -183,3 +183,132 @@ impl Watch {
         self.rx.recv().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::types::{EventType, Key};
+    use std::sync::Arc;
+
+    fn change(resource: &str, ns: &str, name: &str) -> Change {
+        Change {
+            key: Key {
+                resource: resource.into(),
+                namespace: Some(ns.into()),
+                name: name.into(),
+            },
+            kind: EventType::Added,
+            object: Arc::new(serde_json::json!({ "metadata": { "name": name } })),
+        }
+    }
+
+    async fn drain(watch: &mut Watch, n: usize) -> Vec<(Rv, String)> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let event = watch.next().await.expect("an event");
+            out.push((event.rv, event.key.name));
+        }
+        out
+    }
+
+    fn pending(watch: &mut Watch) -> bool {
+        !watch.backlog.is_empty() || !watch.rx.is_empty()
+    }
+
+    #[tokio::test]
+    async fn watch_replays_after_rv_then_follows_live_without_gap_or_duplicate() {
+        let hub = Hub::new(0, 100);
+        hub.publish(1, &[change("r", "a", "one")]);
+        hub.publish(2, &[change("r", "a", "two")]);
+        let mut watch = hub.watch("r", None, 1).unwrap();
+        hub.publish(3, &[change("r", "a", "three")]);
+        assert_eq!(
+            drain(&mut watch, 2).await,
+            vec![(2, "two".into()), (3, "three".into())]
+        );
+        assert!(!pending(&mut watch));
+    }
+
+    #[tokio::test]
+    async fn watch_filters_by_resource_and_namespace() {
+        let hub = Hub::new(0, 100);
+        let mut watch = hub.watch("r", Some("a"), 0).unwrap();
+        hub.publish(
+            1,
+            &[
+                change("r", "b", "other-ns"),
+                change("q", "a", "other-resource"),
+                change("r", "a", "mine"),
+            ],
+        );
+        assert_eq!(drain(&mut watch, 1).await, vec![(1, "mine".into())]);
+        assert!(!pending(&mut watch));
+    }
+
+    #[tokio::test]
+    async fn watch_from_before_the_window_is_expired_but_from_its_start_works() {
+        let hub = Hub::new(5, 2);
+        assert!(hub.watch("r", None, 5).is_ok(), "no events since the start");
+        assert_eq!(
+            hub.watch("r", None, 4).err(),
+            Some(Expired {
+                requested: 4,
+                oldest: 5
+            })
+        );
+        for rv in 6..=9 {
+            hub.publish(rv, &[change("r", "a", &format!("e{rv}"))]);
+        }
+        // The ring keeps 8 and 9; 7 was the last one dropped.
+        assert!(hub.watch("r", None, 6).is_err());
+        let mut watch = hub.watch("r", None, 7).unwrap();
+        assert_eq!(
+            drain(&mut watch, 2).await,
+            vec![(8, "e8".into()), (9, "e9".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_ended_not_silently_skipped() {
+        let hub = Hub::new(0, 2);
+        let mut watch = hub.watch("r", None, 0).unwrap();
+        for rv in 1..=3 {
+            hub.publish(rv, &[change("r", "a", &format!("e{rv}"))]);
+        }
+        assert_eq!(
+            drain(&mut watch, 2).await,
+            vec![(1, "e1".into()), (2, "e2".into())]
+        );
+        assert!(
+            watch.next().await.is_none(),
+            "the watch ends instead of skipping e3"
+        );
+    }
+
+    #[tokio::test]
+    async fn snapshot_install_delivers_the_diff_and_expires_rvs_inside_the_jump() {
+        let hub = Hub::new(0, 100);
+        hub.publish(1, &[change("r", "a", "one")]);
+        let mut live = hub.watch("r", None, 1).unwrap();
+        hub.install(1, 20, &[change("r", "a", "from-snapshot")]);
+        assert_eq!(
+            drain(&mut live, 1).await,
+            vec![(20, "from-snapshot".into())]
+        );
+        assert!(hub.watch("r", None, 10).is_err());
+        let mut replay = hub.watch("r", None, 0).unwrap();
+        assert_eq!(
+            drain(&mut replay, 2).await,
+            vec![(1, "one".into()), (20, "from-snapshot".into())]
+        );
+        assert!(hub.watch("r", None, 20).is_ok());
+    }
+
+    #[tokio::test]
+    async fn close_ends_every_watch() {
+        let hub = Hub::new(0, 10);
+        let mut watch = hub.watch("r", None, 0).unwrap();
+        hub.close();
+        assert!(watch.next().await.is_none());
+    }
+}
