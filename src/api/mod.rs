@@ -21,6 +21,7 @@ mod discovery;
 mod objects;
 mod openapi;
 mod patch;
+mod protobuf;
 mod request;
 mod resources;
 mod respond;

@@ -207,7 +207,9 @@ pub fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
 
 /// Parses an object body by its Content-Type (YAML when it says so, JSON otherwise).
 pub fn parse_object(content_type: Option<&str>, body: &[u8]) -> Result<Value, ApiError> {
-    let value = if content_type.is_some_and(|c| c.contains("yaml")) {
+    let value = if content_type.is_some_and(|c| c.starts_with(super::protobuf::CONTENT_TYPE)) {
+        super::protobuf::decode(body)?
+    } else if content_type.is_some_and(|c| c.contains("yaml")) {
         parse_yaml(body)?
     } else {
         parse_json(body)?

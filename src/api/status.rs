@@ -176,6 +176,8 @@ impl ApiError {
         )
         .about(kind, name);
         if let Some(details) = err.details.as_mut() {
+            // Invalid names the kind itself (kubectl prints "The Service "x" is invalid").
+            details.kind = Some(kind.kind.clone());
             details.causes = causes;
         }
         err

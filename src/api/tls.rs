@@ -67,7 +67,11 @@ impl TlsIdentity {
 
 /// Serves `router` on `listener`: TLS connections with `identity`, plain HTTP otherwise.
 /// Runs until the listener fails.
-pub async fn serve(listener: TcpListener, router: Router, identity: &TlsIdentity) -> Result<(), TlsError> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    identity: &TlsIdentity,
+) -> Result<(), TlsError> {
     let acceptor = identity.acceptor()?;
     loop {
         let Ok((stream, _)) = listener.accept().await else {

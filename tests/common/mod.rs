@@ -145,7 +145,12 @@ impl Harness {
     }
 
     /// The stored object at `resource`/`namespace`/`name`, as the store holds it.
-    pub fn stored(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<serde_json::Value> {
+    pub fn stored(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<serde_json::Value> {
         self.store
             .get(&Key {
                 resource: resource.to_string(),
@@ -220,7 +225,10 @@ async fn serve(
         name: "default".into(),
     };
     while store.get(&default).is_none() {
-        assert!(Instant::now() < deadline, "the store never created namespace default");
+        assert!(
+            Instant::now() < deadline,
+            "the store never created namespace default"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (addr, store)
