@@ -72,7 +72,13 @@ impl Harness {
         let identity =
             mill::api::tls::TlsIdentity::self_signed(&["127.0.0.1".into(), "localhost".into()])
                 .unwrap();
-        let (addr, store) = runtime.block_on(serve(data_dir, options, identity.clone()));
+        // Blocking on the harness runtime from a thread of its own works both from plain
+        // tests and from inside a `#[tokio::test]`.
+        let (addr, store) = std::thread::scope(|s| {
+            s.spawn(|| runtime.block_on(serve(data_dir, options, identity.clone())))
+                .join()
+                .unwrap()
+        });
         let url = format!("http://{addr}");
         let https_url = format!("https://{addr}");
         let kubeconfig = dir.path().join("kubeconfig");
@@ -165,10 +171,14 @@ impl Drop for Harness {
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             let store = self.store.clone();
-            runtime.block_on(async move {
-                let _ = store.shutdown().await;
-            });
-            runtime.shutdown_background();
+            std::thread::spawn(move || {
+                runtime.block_on(async move {
+                    let _ = store.shutdown().await;
+                });
+                runtime.shutdown_background();
+            })
+            .join()
+            .ok();
         }
     }
 }
