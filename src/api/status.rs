@@ -63,8 +63,8 @@ pub struct ApiError {
     pub reason: &'static str,
     /// The human-readable message.
     pub message: String,
-    /// What the error is about.
-    pub details: Option<Details>,
+    /// What the error is about (boxed: errors travel in every `Result` of the API).
+    pub details: Option<Box<Details>>,
 }
 
 impl ApiError {
@@ -78,12 +78,12 @@ impl ApiError {
     }
 
     fn about(mut self, kind: &ResourceKind, name: &str) -> ApiError {
-        self.details = Some(Details {
+        self.details = Some(Box::new(Details {
             name: Some(name.to_string()),
             group: Some(kind.group.clone()),
             kind: Some(kind.plural.clone()),
             causes: Vec::new(),
-        });
+        }));
         self
     }
 
