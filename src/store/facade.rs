@@ -41,11 +41,14 @@ struct Inner {
     db: Mutex<Option<Database>>,
 }
 
-/// The outcome of one attempt at a leader-only operation.
+/// The outcome of one attempt at a leader-only operation; also the answer of the
+/// forwarding routes, so a follower retries exactly when the leader says nothing happened.
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub(crate) enum Attempt<T> {
     Done(T),
     /// Nothing happened (no leader, leader changed, peer unreachable): try again.
     Retry(String),
+    /// Failed, or the outcome is unknown (raft stopped mid-way): do not retry.
     Failed(StoreError),
 }
 
@@ -299,12 +302,10 @@ impl Store {
                     match self
                         .inner
                         .rpc
-                        .call::<_, Result<T, StoreError>>(&addr, route, body, left)
+                        .call::<_, Attempt<T>>(&addr, route, body, left)
                         .await
                     {
-                        Ok(Ok(value)) => Attempt::Done(value),
-                        Ok(Err(StoreError::Unavailable(why))) => Attempt::Retry(why),
-                        Ok(Err(e)) => Attempt::Failed(e),
+                        Ok(answer) => answer,
                         Err(e @ CallError::Unreachable { .. }) => Attempt::Retry(e.to_string()),
                         Err(e @ CallError::Failed { .. }) => {
                             Attempt::Failed(StoreError::Unavailable(e.to_string()))
@@ -413,18 +414,6 @@ impl Store {
 pub(crate) struct MemberRequest {
     pub id: u64,
     pub addr: Option<String>,
-}
-
-impl<T> Attempt<T> {
-    /// The answer a leader gives a forwarding follower: retries become `Unavailable`,
-    /// which the follower retries.
-    pub(crate) fn into_answer(self) -> Result<T, StoreError> {
-        match self {
-            Attempt::Done(value) => Ok(value),
-            Attempt::Retry(why) => Err(StoreError::Unavailable(why)),
-            Attempt::Failed(e) => Err(e),
-        }
-    }
 }
 
 /// `None` if a membership call succeeded, else the attempt to report.

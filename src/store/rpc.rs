@@ -2,8 +2,9 @@
 //!
 //! Raft's own RPCs (append, vote, snapshot) hand the request to openraft and return its
 //! `Result` as JSON. The forwarding routes (propose, read-index, add-voter, remove-member)
-//! run on the leader only and never forward again: a node that is not the leader answers
-//! `Unavailable`, and the caller looks for the leader anew. Every route needs the cluster
+//! run on the leader only and never forward again: they answer `Done`, `Retry` (nothing
+//! happened, e.g. this node is not the leader: the caller looks for the leader anew) or
+//! `Failed` (an error, or an outcome that is unknown and must not be retried). Every route needs the cluster
 //! token as bearer token.
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -20,9 +21,9 @@ use openraft::raft::{
 use subtle::ConstantTimeEq;
 
 use super::consensus::TypeConfig;
-use super::facade::{MemberRequest, Store};
+use super::facade::{Attempt, MemberRequest, Store};
 use super::network::route;
-use super::types::{Applied, Rv, StoreError, Txn};
+use super::types::{Applied, Rv, Txn};
 
 /// Raft batches and snapshot chunks are bigger than axum's default body limit.
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -80,27 +81,24 @@ async fn snapshot(
     Json(store.raft().install_snapshot(request).await)
 }
 
-async fn propose(
-    State(store): State<Store>,
-    Json(txn): Json<Txn>,
-) -> Json<Result<Applied, StoreError>> {
-    Json(store.propose_here(txn).await.into_answer())
+async fn propose(State(store): State<Store>, Json(txn): Json<Txn>) -> Json<Attempt<Applied>> {
+    Json(store.propose_here(txn).await)
 }
 
-async fn read_index(State(store): State<Store>) -> Json<Result<Rv, StoreError>> {
-    Json(store.read_index_here().await.into_answer())
+async fn read_index(State(store): State<Store>) -> Json<Attempt<Rv>> {
+    Json(store.read_index_here().await)
 }
 
 async fn add_voter(
     State(store): State<Store>,
     Json(request): Json<MemberRequest>,
-) -> Json<Result<(), StoreError>> {
-    Json(store.add_voter_here(request).await.into_answer())
+) -> Json<Attempt<()>> {
+    Json(store.add_voter_here(request).await)
 }
 
 async fn remove_member(
     State(store): State<Store>,
     Json(request): Json<MemberRequest>,
-) -> Json<Result<(), StoreError>> {
-    Json(store.remove_member_here(request.id).await.into_answer())
+) -> Json<Attempt<()>> {
+    Json(store.remove_member_here(request.id).await)
 }
