@@ -207,3 +207,47 @@ fn remove_range(log: &sled::Tree, range: (Bound<u64>, Bound<u64>)) -> StorageRes
     log.apply_batch(batch)
         .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::StorageError;
+
+    use super::LogStore;
+    use crate::store::consensus::TypeConfig;
+    use crate::store::db::Database;
+    use crate::store::state_machine::StateMachine;
+    use crate::store::types::StoreConfig;
+
+    struct SledStores;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, (tempfile::TempDir, Database)>
+        for SledStores
+    {
+        async fn build(
+            &self,
+        ) -> Result<((tempfile::TempDir, Database), LogStore, StateMachine), StorageError<u64>>
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let config = StoreConfig {
+                data_dir: dir.path().to_path_buf(),
+                node_id: 0,
+                api_addr: "127.0.0.1:0".into(),
+                token: "t".into(),
+                election_timeout_ms: 1000,
+                snapshot_threshold: 5000,
+                snapshot_log_keep: 1000,
+                watch_window: 100,
+            };
+            let db = Database::open(&config).await.unwrap();
+            let log = LogStore::open(&db.db, db.user()).unwrap();
+            let (machine, _) = StateMachine::open(&db.db, db.user(), config.watch_window).unwrap();
+            Ok(((dir, db), log, machine))
+        }
+    }
+
+    #[test]
+    fn sled_log_and_state_machine_pass_the_openraft_storage_suite() {
+        Suite::test_all(SledStores).unwrap();
+    }
+}
