@@ -72,7 +72,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut best: Option<(&str, u64)> = None;
         for (suffix, m) in UNITS {
-            if self.0 != 0 && self.0 % m == 0 && best.is_none_or(|(_, b)| m > b) {
+            if self.0 != 0 && self.0.is_multiple_of(m) && best.is_none_or(|(_, b)| m > b) {
                 best = Some((suffix, m));
             }
         }

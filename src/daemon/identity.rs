@@ -15,6 +15,10 @@ pub struct Identity {
     pub token: String,
     /// The per-cluster key that seals Secret values (base64 of 32 bytes).
     pub secret_key: String,
+    /// The cluster CA certificate (PEM): what kubeconfigs trust.
+    pub ca_cert: String,
+    /// The cluster CA key (PEM): every node issues its API certificate with it.
+    pub ca_key: String,
     /// The advertised IP.
     pub advertise: String,
     /// The API listen address.
@@ -33,7 +37,12 @@ impl Identity {
         let path = Self::path(data_dir);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is corrupt; restore it or use a new data dir", path.display()))
+                .with_context(|| {
+                    format!(
+                        "{} is corrupt; restore it or use a new data dir",
+                        path.display()
+                    )
+                })
                 .map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -57,8 +66,7 @@ impl Identity {
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         file.write_all(&serde_json::to_vec_pretty(self)?)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
 
@@ -73,6 +81,18 @@ impl Identity {
             .map_err(|_| anyhow::anyhow!("node.json: secret_key is not 32 bytes"))
     }
 
+    /// The names this node's API certificate is valid for.
+    pub fn tls_names(&self) -> Vec<String> {
+        let mut names = vec![
+            self.advertise.clone(),
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+            self.node_name.clone(),
+        ];
+        names.dedup();
+        names
+    }
+
     /// The address other nodes and clients use for this node's API (`advertise:port`).
     pub fn advertised_api(&self) -> String {
         let port = self.api_addr.rsplit(':').next().unwrap_or("4400");
@@ -83,7 +103,8 @@ impl Identity {
 /// A fresh random token for a new cluster.
 pub fn new_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no system randomness for the cluster token: {e}"))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no system randomness for the cluster token: {e}"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -91,6 +112,7 @@ pub fn new_token() -> anyhow::Result<String> {
 pub fn new_secret_key() -> anyhow::Result<String> {
     use base64::Engine;
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no system randomness for the secret key: {e}"))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no system randomness for the secret key: {e}"))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }

@@ -36,6 +36,9 @@ pub struct JoinGrant {
     pub node_name: String,
     /// The cluster's secret-sealing key (base64).
     pub secret_key: String,
+    /// The cluster CA certificate and key (PEM), to issue the node's API certificate.
+    pub ca_cert: String,
+    pub ca_key: String,
 }
 
 /// `POST /v1/join/complete` body.
@@ -49,18 +52,22 @@ struct JoinState {
     store: Store,
     token: String,
     secret_key: String,
+    ca_cert: String,
+    ca_key: String,
 }
 
 /// The join routes, guarded by the cluster token.
-pub fn router(store: Store, token: String, secret_key: String) -> Router {
+pub fn router(store: Store, identity: &super::Identity) -> Router {
     Router::new()
         .route("/v1/join", post(reserve))
         .route("/v1/join/complete", post(complete))
         .route("/internal/node/info", get(info))
         .with_state(Arc::new(JoinState {
             store,
-            token,
-            secret_key,
+            token: identity.token.clone(),
+            secret_key: identity.secret_key.clone(),
+            ca_cert: identity.ca_cert.clone(),
+            ca_key: identity.ca_key.clone(),
         }))
 }
 
@@ -98,7 +105,8 @@ async fn reserve(
     if !authorized(&headers, &state.token) {
         return error(
             StatusCode::UNAUTHORIZED,
-            "wrong or missing cluster token: pass the token `mill init` printed with --token".into(),
+            "wrong or missing cluster token: pass the token `mill init` printed with --token"
+                .into(),
         );
     }
     // Optimistic: pick the next free id; a concurrent join that took it makes our
@@ -136,6 +144,8 @@ async fn reserve(
                     node_id: next_id,
                     node_name: name,
                     secret_key: state.secret_key.clone(),
+                    ca_cert: state.ca_cert.clone(),
+                    ca_key: state.ca_key.clone(),
                 })
                 .into_response()
             }
@@ -158,7 +168,10 @@ async fn reserve(
 /// This node's Raft view (role, term, leader, indexes, voters), for operators and tests.
 async fn info(State(state): State<Arc<JoinState>>, headers: HeaderMap) -> Response {
     if !authorized(&headers, &state.token) {
-        return error(StatusCode::UNAUTHORIZED, "wrong or missing cluster token".into());
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing cluster token".into(),
+        );
     }
     Json(state.store.raft_info()).into_response()
 }
@@ -169,7 +182,10 @@ async fn complete(
     Json(req): Json<JoinComplete>,
 ) -> Response {
     if !authorized(&headers, &state.token) {
-        return error(StatusCode::UNAUTHORIZED, "wrong or missing cluster token".into());
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing cluster token".into(),
+        );
     }
     match state.store.add_voter(req.node_id, req.api_address).await {
         Ok(()) => Json(serde_json::json!({ "joined": true })).into_response(),
@@ -195,7 +211,11 @@ pub async fn call<B: Serialize, R: for<'de> Deserialize<'de>>(
         .json(body)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach {member} ({e}); is `mill init` running there and the address right?"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach {member} ({e}); is `mill init` running there and the address right?"
+            )
+        })?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();

@@ -34,7 +34,9 @@ impl Knobs {
 fn var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
     match std::env::var(name) {
         Ok(text) => text.trim().parse().map_err(|_| {
-            anyhow::anyhow!("{name}={text:?} is not a valid number; unset it or give a plain integer")
+            anyhow::anyhow!(
+                "{name}={text:?} is not a valid number; unset it or give a plain integer"
+            )
         }),
         Err(_) => Ok(default),
     }

@@ -1,6 +1,7 @@
 //! The node daemon: `mill init` and `mill join` set up (or resume) a node, open its
 //! store, serve the API and run until SIGINT/SIGTERM.
 
+mod certs;
 mod identity;
 pub mod join;
 mod knobs;
@@ -44,8 +45,11 @@ pub async fn init(data_dir: &Path, token: Option<String>, args: DaemonArgs) -> a
             identity
         }
         None => {
+            let (ca_cert, ca_key) = certs::new_ca()?;
             let identity = Identity {
                 node_id: 1,
+                ca_cert,
+                ca_key,
                 node_name: args.node_name.clone().unwrap_or_else(|| "node-1".into()),
                 token: match token {
                     Some(t) => t,
@@ -99,6 +103,8 @@ pub async fn join(
                 node_name: grant.node_name,
                 token: token.to_string(),
                 secret_key: grant.secret_key,
+                ca_cert: grant.ca_cert,
+                ca_key: grant.ca_key,
                 advertise,
                 api_addr: args.api_addr.clone(),
                 joined: false,
@@ -161,11 +167,8 @@ impl RunningNode {
                 server_address: identity.advertised_api(),
             },
         );
-        let app = api.merge(join::router(
-            store.clone(),
-            identity.token.clone(),
-            identity.secret_key.clone(),
-        ));
+        let app = api.merge(join::router(store.clone(), identity));
+        let tls = certs::issue(&identity.ca_key, &identity.tls_names())?;
         let listener = tokio::net::TcpListener::bind(&identity.api_addr)
             .await
             .with_context(|| {
@@ -175,9 +178,12 @@ impl RunningNode {
                 )
             })?;
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
+            tokio::select! {
+                served = crate::api::tls::serve(listener, app, &tls) => {
+                    served.map_err(|e| std::io::Error::other(e.to_string()))
+                }
+                _ = shutdown_signal() => Ok(()),
+            }
         });
         Ok(RunningNode { store, server })
     }
@@ -186,7 +192,9 @@ impl RunningNode {
     async fn run(self) -> anyhow::Result<()> {
         let served = self.server.await;
         self.store.shutdown().await.ok();
-        served.context("the API server task died")?.context("the API server failed")
+        served
+            .context("the API server task died")?
+            .context("the API server failed")
     }
 }
 
@@ -212,7 +220,10 @@ async fn wait_for_leader(store: &Store, knobs: &Knobs) -> anyhow::Result<()> {
         match store.read_barrier().await {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() > deadline => {
-                anyhow::bail!("no raft leader after {:?}: {e}; are a majority of the nodes up?", knobs.join_timeout)
+                anyhow::bail!(
+                    "no raft leader after {:?}: {e}; are a majority of the nodes up?",
+                    knobs.join_timeout
+                )
             }
             Err(_) => tokio::time::sleep(knobs.election_timeout / 4).await,
         }
@@ -270,7 +281,9 @@ pub(crate) fn node_object(
 
 /// The current time as Kubernetes writes it: RFC 3339, UTC, whole seconds.
 pub(crate) fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// `--advertise`, or the first non-loopback IPv4 address of the host.
@@ -285,5 +298,7 @@ fn resolve_advertise(flag: Option<&str>) -> anyhow::Result<String> {
         .iter()
         .find(|i| !i.is_loopback() && i.ip().is_ipv4())
         .map(|i| i.ip().to_string())
-        .ok_or_else(|| anyhow::anyhow!("this host has no non-loopback IPv4 address; pass --advertise IP"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("this host has no non-loopback IPv4 address; pass --advertise IP")
+        })
 }
