@@ -51,7 +51,16 @@ pub fn parse(file: &str, source: &str, cluster: &dyn ClusterFacts) -> Result<Con
     };
     let tree = syntax::parse(source).map_err(|err| {
         let message = format!("invalid HCL: {}", err.message);
-        invalid(vec![map.at_line_col(err.line, err.col, message)])
+        // hcl-edit places an error at the end of the input one column past the last
+        // byte, which can be past the line's end; the real place is the end of the text.
+        let at_end =
+            err.offset + 1 == source.len() && map.position(err.offset) != (err.line, err.col);
+        let diagnostic = if at_end {
+            map.at(source.len(), message)
+        } else {
+            map.at_line_col(err.line, err.col, message)
+        };
+        invalid(vec![diagnostic])
     })?;
     let mut diagnostics = Vec::new();
     let document = parse::declarations(&tree, &map, &mut diagnostics);

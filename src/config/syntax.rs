@@ -23,6 +23,8 @@ pub(crate) struct SyntaxError {
     pub line: usize,
     /// 1-based column, in characters.
     pub col: usize,
+    /// Byte offset; hcl-edit clamps it to the last byte for errors at the end of input.
+    pub offset: usize,
     /// hcl-edit's description.
     pub message: String,
 }
@@ -55,6 +57,7 @@ pub(crate) fn parse(source: &str) -> Result<Tree, SyntaxError> {
         let syntax_error = SyntaxError {
             line: err.location().line(),
             col: err.location().column(),
+            offset: err.location().offset(),
             message: err.message().to_string(),
         };
         if !err.message().contains("redefined attribute") || redefined.len() >= MAX_REDEFINED {
