@@ -656,3 +656,42 @@ async fn a_cut_off_node_catches_up_by_snapshot_and_its_open_watch_converges() {
     assert_eq!(contents(&lagging), contents(&cluster.store(others[0])));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_are_forwarded_from_a_follower_and_take_effect() {
+    let cluster = Cluster::start(5000, 1000, 1000).await;
+    let leader = cluster.wait_leader().await;
+    // The member to remove is not the leader; the caller is the remaining follower.
+    let removed = (1..=3).find(|&id| id != leader).unwrap();
+    let caller = (1..=3).find(|&id| id != leader && id != removed).unwrap();
+
+    cluster.store(caller).remove_member(removed).await.unwrap();
+    eventually("the others see two voters", || async {
+        [leader, caller].iter().all(|&id| {
+            cluster
+                .store(id)
+                .raft_info()
+                .voters
+                .iter()
+                .all(|(v, _)| *v != removed)
+        })
+    })
+    .await;
+    let written = create(&cluster.store(caller), "after-removal", "v1").await;
+    assert!(cluster.store(leader).read_barrier().await.unwrap() >= written.rv);
+
+    let addr = cluster.node(removed).addr.clone();
+    cluster
+        .store(caller)
+        .add_voter(removed, addr)
+        .await
+        .unwrap();
+    let back = cluster.store(removed);
+    eventually("the re-added node is a voter again", || async {
+        back.raft_info().voters.len() == 3
+    })
+    .await;
+    assert!(back.read_barrier().await.unwrap() >= written.rv);
+    assert_eq!(image_of(&back, "after-removal").as_deref(), Some("v1"));
+    cluster.shutdown().await;
+}
