@@ -258,6 +258,9 @@ rejects! {
     a_block_written_as_a_field_is_explained:
         service("  env = { A = \"1\" }\n")
         => (4, 3, "\"env\" is a block, not a field: write env { ... }");
+    a_secret_name_with_a_space_is_an_hcl_error_with_a_reference_hint:
+        service("  env {\n    DB = \"${secret(DB URL)}\"\n  }\n")
+        => (5, 23, "invalid HCL: expected `)` or expression; inside \"${...}\" write ${secret(NAME)} or ${service.NAME.address}, or $${ for a literal \"${\"");
     template_directives_are_rejected:
         service("  env {\n    A = \"%{ if true }x%{ endif }\"\n  }\n")
         => (5, 10, "template directives (%{ ... }) are not supported: write %%{ for a literal %{");

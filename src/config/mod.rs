@@ -50,7 +50,10 @@ pub fn parse(file: &str, source: &str, cluster: &dyn ClusterFacts) -> Result<Con
         diagnostics,
     };
     let tree = syntax::parse(source).map_err(|err| {
-        let message = format!("invalid HCL: {}", err.message);
+        let mut message = format!("invalid HCL: {}", err.message);
+        if inside_interpolation(map.line_text(err.line), err.col) {
+            message.push_str(INTERPOLATION_HINT);
+        }
         // hcl-edit places an error at the end of the input one column past the last
         // byte, which can be past the line's end; the real place is the end of the text.
         let at_end =
@@ -75,6 +78,18 @@ pub fn parse(file: &str, source: &str, cluster: &dyn ClusterFacts) -> Result<Con
             map.at(0, "internal error: a required field is missing")
         ])
     })
+}
+
+/// Appended to a syntax error inside `${...}`: HCL parses interpolations as expressions,
+/// so a malformed mill reference surfaces as an HCL error.
+const INTERPOLATION_HINT: &str = "; inside \"${...}\" write ${secret(NAME)} or ${service.NAME.address}, or $${ for a literal \"${\"";
+
+/// Whether column `col` of `line` is inside an unclosed `${`.
+fn inside_interpolation(line: &str, col: usize) -> bool {
+    let before: String = line.chars().take(col.saturating_sub(1)).collect();
+    before
+        .rfind("${")
+        .is_some_and(|open| !before[open..].contains('}'))
 }
 
 /// Reads a `.mill` file's bytes: invalid UTF-8 is reported at its position like any
