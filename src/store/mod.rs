@@ -25,10 +25,21 @@
 //! - Every event carries the rv of the entry that made it; events are delivered in rv order,
 //!   never duplicated, never missed. DELETED events carry the last object state with its
 //!   `resourceVersion` set to the deleting entry's index.
-
+//!
+//! Beyond the CONTRACT, what callers should know:
+//! - A node that catches up by installing a Raft snapshot delivers the difference between
+//!   its old and new contents as ADDED/MODIFIED/DELETED events whose [`Event::rv`] is the
+//!   snapshot's last index (the objects keep their own, possibly older, resourceVersion;
+//!   use `Event::rv` for bookmarks). A watch from an rv inside such a jump is [`Expired`].
+//! - [`Watch::next`] also returns `None` when the watcher fell a whole watch window behind;
+//!   the client rewatches from the last rv it saw (replayed, or [`Expired`]).
+//! - After a restart the hub can replay from the rv of the last change on disk onwards.
+//! - [`StoreError::Unavailable`] from `propose` can mean "no leader" (nothing happened) or
+//!   "the outcome is unknown" (the leader vanished mid-request); the store itself retries
+//!   only the former.
 //!
 //! Where things are:
-//! - [`types`](self::types): the contract types above.
+//! - [`types`]: the contract types above.
 //! - `state`: the pure apply of a transaction (all of the CONTRACT's rules) and the
 //!   snapshot diff; table-driven unit tests.
 //! - `state_machine`: openraft's `RaftStateMachine` over sled, and this node's in-memory
@@ -38,6 +49,7 @@
 //! - `watch`: the watch hub (ring of recent events + live watchers).
 //! - `network` / `rpc`: the node-to-node HTTP client and routes (`/internal/raft/*`).
 //! - `consensus`: openraft's type configuration and every timeout of the store.
+//! - `db`: the sled database, its node identity, and waiting for its release on shutdown.
 //! - `facade`: [`Store`], which wires them and forwards from followers to the leader.
 
 mod consensus;
