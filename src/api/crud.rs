@@ -612,6 +612,17 @@ impl<'a> Req<'a> {
         self.written(&applied, &prepared, StatusCode::CREATED)
     }
 
+    /// The object as the leader last committed it: read-modify-write verbs (patch,
+    /// delete with preconditions) must not decide on a stale local replica.
+    async fn latest(&self, name: &str) -> Result<Value, ApiError> {
+        self.state
+            .store
+            .read_barrier()
+            .await
+            .map_err(|e| self.store_error(e, name))?;
+        self.existing(name)
+    }
+
     fn existing(&self, name: &str) -> Result<Value, ApiError> {
         self.state
             .store
@@ -637,7 +648,7 @@ impl<'a> Req<'a> {
         let mut obj = request::parse_object(content_type, body)?;
         self.check_name(&obj, name)?;
         objects::metadata_mut(&mut obj).insert("name".into(), json!(name));
-        let existing = self.existing(name)?;
+        let existing = self.latest(name).await?;
         let expected = rv_of(&obj).map_err(ApiError::bad_request)?;
         self.replace(name, obj, &existing, expected).await
     }
@@ -716,7 +727,7 @@ impl<'a> Req<'a> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let existing = match self.existing(name) {
+            let existing = match self.latest(name).await {
                 Ok(existing) => existing,
                 // Server-side apply creates what is missing.
                 Err(err)
@@ -773,7 +784,7 @@ impl<'a> Req<'a> {
             || options["dryRun"]
                 .as_array()
                 .is_some_and(|d| d.iter().any(|v| v == "All"));
-        let existing = self.existing(name)?;
+        let existing = self.latest(name).await?;
         let uid = objects::meta_str(&existing, "uid").map(str::to_string);
         let rv = rv_of(&existing).ok().flatten();
         let pre = &options["preconditions"];

@@ -75,25 +75,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Validate { files } => validate::run(&files, args.json),
         Command::Crds => crds::run(),
-        Command::Init { daemon } => {
-            serve(crate::daemon::init(&args.data_dir, args.token, daemon))
-        }
+        Command::Init { daemon } => serve(crate::daemon::init(&args.data_dir, args.token, daemon)),
         Command::Join { addr, daemon } => {
             let token = args.token.ok_or_else(|| {
-                anyhow::anyhow!("mill join needs the cluster token: pass --token (mill init printed it)")
+                anyhow::anyhow!(
+                    "mill join needs the cluster token: pass --token (mill init printed it)"
+                )
             })?;
             serve(crate::daemon::join(&args.data_dir, &addr, &token, daemon))
         }
-        Command::Kubeconfig => kubeconfig::run(&args.data_dir, &args.address, args.token.as_deref()),
+        Command::Kubeconfig => {
+            kubeconfig::run(&args.data_dir, &args.address, args.token.as_deref())
+        }
     }
 }
 
 /// Runs a daemon command on a multi-threaded runtime with logs on stderr (`RUST_LOG`).
-fn serve(daemon: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+fn serve(
+    daemon: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -87,8 +87,9 @@ pub fn is_linearizable(history: &[Call], initial: Option<String>) -> bool {
         next[prev[p]] = p;
         prev[next[p]] = p;
     };
-    let mut linearized = vec![false; history.len()];
-    let mut cache: HashSet<(Vec<bool>, Option<String>)> = HashSet::new();
+    // The set of linearized calls as a bitset: the memo key is (set, state).
+    let mut linearized = vec![0u64; history.len().div_ceil(64)];
+    let mut cache: HashSet<(Vec<u64>, Option<String>)> = HashSet::new();
     let mut stack: Vec<(usize, Option<String>)> = Vec::new();
     let mut state = initial;
     let mut entry = next[n];
@@ -97,7 +98,7 @@ pub fn is_linearizable(history: &[Call], initial: Option<String>) -> bool {
         if !is_ret {
             let call = &history[i];
             if let Some(new_state) = step(&state, &call.op, &call.outcome) {
-                linearized[i] = true;
+                linearized[i / 64] |= 1 << (i % 64);
                 if cache.insert((linearized.clone(), new_state.clone())) {
                     stack.push((entry, state));
                     state = new_state;
@@ -106,7 +107,7 @@ pub fn is_linearizable(history: &[Call], initial: Option<String>) -> bool {
                     entry = next[n];
                     continue;
                 }
-                linearized[i] = false;
+                linearized[i / 64] &= !(1 << (i % 64));
             }
             entry = next[entry];
         } else {
@@ -114,7 +115,7 @@ pub fn is_linearizable(history: &[Call], initial: Option<String>) -> bool {
                 return false;
             };
             let i = events[call_pos].2;
-            linearized[i] = false;
+            linearized[i / 64] &= !(1 << (i % 64));
             state = old_state;
             relink(&mut next, &mut prev, ret_pos[i]);
             relink(&mut next, &mut prev, call_pos);
@@ -174,54 +175,51 @@ fn the_checker_accepts_a_linearizable_history_and_rejects_a_stale_read() {
     assert!(is_linearizable(&unknown, None));
 }
 
-/// Runs `op` on register `key` through node `node`; `None` when the outcome is unknown.
-async fn run(cluster: &Cluster, node: usize, key: &str, op: &Op) -> Option<Outcome> {
+/// What running one operation told the client.
+enum Sent {
+    /// The request never reached a server (connection refused): it did not happen.
+    Not,
+    /// It was sent; `None` = outcome unknown (timeout, 5xx, connection lost).
+    Outcome(Option<Outcome>),
+}
+
+/// Runs `op` on register `key` through node `node`.
+async fn run(cluster: &Cluster, node: usize, key: &str, op: &Op) -> Sent {
     let url = cluster.nodes[node].url(&format!(
         "/apis/mill.dev/v1/namespaces/default/services/{key}"
     ));
     let http = &cluster.http;
-    match op {
-        Op::Write(v) => {
-            let resp = http
-                .put(url)
-                .bearer_auth(TOKEN)
-                .json(&service(key, v))
-                .send()
-                .await
-                .ok()?;
-            (resp.status() == 200).then_some(Outcome::Ok)
-        }
-        Op::Read => {
-            let resp = http.get(url).bearer_auth(TOKEN).send().await.ok()?;
-            if resp.status() != 200 {
-                return None;
-            }
-            let body: serde_json::Value = resp.json().await.ok()?;
-            Some(Outcome::Value(
-                body["spec"]["image"].as_str().map(str::to_string),
-            ))
-        }
+    let request = match op {
+        Op::Write(v) => http.put(url).json(&service(key, v)),
+        Op::Read => http.get(url),
         Op::Cas(from, to) => {
             let patch = json!([
                 {"op": "test", "path": "/spec/image", "value": from},
                 {"op": "replace", "path": "/spec/image", "value": to},
             ]);
-            let resp = http
-                .patch(url)
-                .bearer_auth(TOKEN)
+            http.patch(url)
                 .header("content-type", "application/json-patch+json")
                 .body(patch.to_string())
-                .send()
-                .await
-                .ok()?;
-            match resp.status().as_u16() {
-                200 => Some(Outcome::Cas(true)),
-                // The test op failed against the value the server read: a definite "no".
-                422 => Some(Outcome::Cas(false)),
-                _ => None,
-            }
         }
-    }
+    };
+    let resp = match request.bearer_auth(TOKEN).send().await {
+        Ok(resp) => resp,
+        Err(e) if e.is_connect() => return Sent::Not,
+        Err(_) => return Sent::Outcome(None),
+    };
+    let status = resp.status().as_u16();
+    Sent::Outcome(match (op, status) {
+        (Op::Write(_), 200) => Some(Outcome::Ok),
+        (Op::Read, 200) => resp
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .map(|body| Outcome::Value(body["spec"]["image"].as_str().map(str::to_string))),
+        (Op::Cas(..), 200) => Some(Outcome::Cas(true)),
+        // The test op failed against the value the server read: a definite "no".
+        (Op::Cas(..), 422) => Some(Outcome::Cas(false)),
+        _ => None,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -234,7 +232,7 @@ async fn history_under_leader_kills_and_restarts_is_linearizable() {
     }
     let epoch = Instant::now();
     let clients = 4;
-    let max_ops_per_client = 600;
+    let max_ops_per_client = 150;
     let done = std::sync::atomic::AtomicBool::new(false);
     let history = std::sync::Mutex::new(vec![Vec::<Call>::new(); keys.len()]);
     let (cluster_ref, history_ref, done_ref) = (&cluster, &history, &done);
@@ -245,6 +243,8 @@ async fn history_under_leader_kills_and_restarts_is_linearizable() {
             if done_ref.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
             }
+            // Pace the clients so their operations span the faults.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             let k = (c + n) % keys.len();
             let node = (c * 7 + n) % 3;
             let op = match (c + n / 2) % 3 {
@@ -253,11 +253,14 @@ async fn history_under_leader_kills_and_restarts_is_linearizable() {
                 _ => Op::Cas(last_seen[k].clone(), format!("c{c}-{n}-cas")),
             };
             let start = epoch.elapsed().as_micros() as u64;
-            let outcome =
+            let sent =
                 tokio::time::timeout(Duration::from_secs(5), run(cluster_ref, node, keys[k], &op))
-                    .await
-                    .ok()
-                    .flatten();
+                    .await;
+            let outcome = match sent {
+                Ok(Sent::Not) => continue,
+                Ok(Sent::Outcome(outcome)) => outcome,
+                Err(_) => None,
+            };
             let end = if outcome.is_some() {
                 epoch.elapsed().as_micros() as u64
             } else {
@@ -280,7 +283,7 @@ async fn history_under_leader_kills_and_restarts_is_linearizable() {
     });
     // Kill the leader while the clients run, bring it back, then restart a follower.
     let chaos = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         let leader = eventually(Duration::from_secs(10), "a leader", || cluster_ref.leader()).await;
         cluster_ref.nodes[leader].kill();
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -289,11 +292,22 @@ async fn history_under_leader_kills_and_restarts_is_linearizable() {
         let follower = (leader + 1) % 3;
         cluster_ref.nodes[follower].kill();
         cluster_ref.nodes[follower].restart().await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         done_ref.store(true, std::sync::atomic::Ordering::Relaxed);
     };
     tokio::join!(chaos, futures::future::join_all(workers));
     let histories = history.into_inner().unwrap();
     for (k, h) in histories.iter().enumerate() {
+        let unknown = h.iter().filter(|c| c.outcome.is_none()).count();
+        let cas_ok = h
+            .iter()
+            .filter(|c| c.outcome == Some(Outcome::Cas(true)))
+            .count();
+        eprintln!(
+            "{}: {} operations, {unknown} with unknown outcome, {cas_ok} successful CAS",
+            keys[k],
+            h.len()
+        );
         assert!(h.len() > 10, "too few operations recorded on {}", keys[k]);
         assert!(
             is_linearizable(h, Some("v0".into())),
