@@ -8,8 +8,7 @@
 use crate::api::tls::TlsIdentity;
 use anyhow::Context;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
 
 /// The CA's subject. Leaf certificates name it as their issuer, so it never changes.
@@ -49,11 +48,12 @@ pub fn issue(ca_key_pem: &str, names: &[String]) -> anyhow::Result<TlsIdentity> 
     let ca = ca_params()
         .self_signed(&ca_key)
         .context("cannot load the cluster CA")?;
-    let mut params = CertificateParams::new(names.to_vec())
-        .context("invalid name for the API certificate")?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, names.first().map_or("mill", |n| n.as_str()));
+    let mut params =
+        CertificateParams::new(names.to_vec()).context("invalid name for the API certificate")?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().map_or("mill", |n| n.as_str()),
+    );
     let key = KeyPair::generate().context("cannot generate the API certificate key")?;
     let cert = params
         .signed_by(&key, &ca, &ca_key)
@@ -78,12 +78,10 @@ mod tests {
             .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
             .unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider,
-        )
-        .build()
-        .unwrap();
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
         let leaf = CertificateDer::from_pem_slice(leaf_pem.as_bytes()).unwrap();
         let name = ServerName::try_from(name.to_string()).unwrap();
         verifier
