@@ -1,6 +1,7 @@
 //! The `mill` command line: argument parsing and one module per client command.
 
 mod crds;
+mod image;
 mod kubeconfig;
 mod validate;
 
@@ -68,6 +69,25 @@ pub enum Command {
     },
     /// Print a kubeconfig that makes kubectl talk to the cluster.
     Kubeconfig,
+    /// Manage images on the nodes.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// The node agent's log driver, run by containerd's shim next to each container.
+    #[command(hide = true)]
+    AgentLogDriver {
+        /// The alloc's log directory.
+        dir: PathBuf,
+    },
+}
+
+/// `mill image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image archive (a tar of an OCI layout) into every live node.
+    Load {
+        /// The archive.
+        file: PathBuf,
+    },
 }
 
 /// Runs one command; the exit code says whether it succeeded.
@@ -86,6 +106,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Kubeconfig => {
             kubeconfig::run(&args.data_dir, &args.address, args.token.as_deref())
+        }
+        Command::Image(ImageCommand::Load { file }) => {
+            image::load(&args.address, args.token.as_deref(), &file)
+        }
+        Command::AgentLogDriver { dir } => {
+            mill_agent::logdriver::run(&dir)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

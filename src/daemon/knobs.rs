@@ -16,6 +16,14 @@ pub struct Knobs {
     pub watch_window: usize,
     /// `MILL_JOIN_TIMEOUT_MS` (60000): how long `mill join` waits to become a voter.
     pub join_timeout: Duration,
+    /// The agent's timings and limits: `MILL_HEARTBEAT_INTERVAL_MS` (5000),
+    /// `MILL_STOP_GRACE_MS` (10000), `MILL_RESTART_BACKOFF_MS` (1000,5000,30000,60000),
+    /// `MILL_LOG_MAX_BYTES` (536870912), `MILL_LOG_RETENTION_SECS` (86400),
+    /// `MILL_LOG_POLL_MS` (100), `MILL_LOG_JANITOR_MS` (60000), `MILL_AGENT_RESYNC_MS`
+    /// (10000), `MILL_CONTAINERD_RETRY_MS` (2000).
+    pub agent: mill_agent::Timings,
+    /// `MILL_NETNS_PATH` (unset): the network namespace containers join.
+    pub netns_path: Option<std::path::PathBuf>,
 }
 
 impl Knobs {
@@ -27,7 +35,41 @@ impl Knobs {
             snapshot_log_keep: var("MILL_SNAPSHOT_LOG_KEEP", 1000)?,
             watch_window: var("MILL_WATCH_WINDOW", 100_000)?,
             join_timeout: Duration::from_millis(var("MILL_JOIN_TIMEOUT_MS", 60_000)?),
+            agent: mill_agent::Timings {
+                heartbeat_interval: millis("MILL_HEARTBEAT_INTERVAL_MS", 5000)?,
+                stop_grace: millis("MILL_STOP_GRACE_MS", 10_000)?,
+                restart_backoff: backoff("MILL_RESTART_BACKOFF_MS", &[1000, 5000, 30_000, 60_000])?,
+                log_max_bytes: var("MILL_LOG_MAX_BYTES", 512 << 20)?,
+                log_retention: Duration::from_secs(var("MILL_LOG_RETENTION_SECS", 86_400)?),
+                log_poll: millis("MILL_LOG_POLL_MS", 100)?,
+                log_janitor: millis("MILL_LOG_JANITOR_MS", 60_000)?,
+                resync: millis("MILL_AGENT_RESYNC_MS", 10_000)?,
+                containerd_retry: millis("MILL_CONTAINERD_RETRY_MS", 2000)?,
+            },
+            netns_path: std::env::var_os("MILL_NETNS_PATH")
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from),
         })
+    }
+}
+
+fn millis(name: &str, default: u64) -> anyhow::Result<Duration> {
+    Ok(Duration::from_millis(var(name, default)?))
+}
+
+/// A comma-separated list of milliseconds (`1000,5000,30000,60000`).
+fn backoff(name: &str, default: &[u64]) -> anyhow::Result<Vec<Duration>> {
+    let Ok(text) = std::env::var(name) else {
+        return Ok(default.iter().copied().map(Duration::from_millis).collect());
+    };
+    let steps: Result<Vec<u64>, _> = text.split(',').map(|s| s.trim().parse()).collect();
+    match steps {
+        Ok(steps) if !steps.is_empty() => {
+            Ok(steps.into_iter().map(Duration::from_millis).collect())
+        }
+        _ => anyhow::bail!(
+            "{name}={text:?} is not a list of milliseconds; give e.g. 1000,5000,30000,60000"
+        ),
     }
 }
 

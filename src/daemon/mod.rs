@@ -29,6 +29,22 @@ pub struct DaemonArgs {
     /// This node's name [default: node-N in join order].
     #[arg(long, env = "MILL_NODE_NAME")]
     pub node_name: Option<String>,
+    /// containerd's socket.
+    #[arg(
+        long,
+        env = "MILL_CONTAINERD_SOCKET",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    pub containerd_socket: std::path::PathBuf,
+    /// The containerd namespace of this node's containers and images.
+    #[arg(long, env = "MILL_CONTAINERD_NAMESPACE", default_value = "mill")]
+    pub containerd_namespace: String,
+    /// The host ports allocs get (`FIRST-LAST`).
+    #[arg(long, env = "MILL_PORT_RANGE", default_value = "20000-29999")]
+    pub port_range: mill_agent::PortRange,
+    /// A registry (`HOST:PORT`) to pull from over plain HTTP (repeatable; loopback always is).
+    #[arg(long, env = "MILL_INSECURE_REGISTRY", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
 }
 
 /// `mill init`: bootstrap a one-node cluster (or resume this node) and serve.
@@ -64,7 +80,7 @@ pub async fn init(data_dir: &Path, token: Option<String>, args: DaemonArgs) -> a
             identity
         }
     };
-    let node = RunningNode::start(data_dir, &identity, &knobs).await?;
+    let node = RunningNode::start(data_dir, &identity, &knobs, &args).await?;
     node.store
         .bootstrap()
         .await
@@ -113,7 +129,7 @@ pub async fn join(
             identity
         }
     };
-    let node = RunningNode::start(data_dir, &identity, &knobs).await?;
+    let node = RunningNode::start(data_dir, &identity, &knobs, &args).await?;
     if !identity.joined {
         let complete = join::JoinComplete {
             node_id: identity.node_id,
@@ -146,7 +162,12 @@ struct RunningNode {
 }
 
 impl RunningNode {
-    async fn start(data_dir: &Path, identity: &Identity, knobs: &Knobs) -> anyhow::Result<Self> {
+    async fn start(
+        data_dir: &Path,
+        identity: &Identity,
+        knobs: &Knobs,
+        args: &DaemonArgs,
+    ) -> anyhow::Result<Self> {
         let store = Store::open(StoreConfig {
             data_dir: data_dir.to_path_buf(),
             node_id: identity.node_id,
@@ -167,7 +188,13 @@ impl RunningNode {
                 server_address: identity.advertised_api(),
             },
         );
-        let app = api.merge(join::router(store.clone(), identity));
+        let agent = mill_agent::Agent::start(
+            agent_config(data_dir, identity, knobs, args)?,
+            crate::api::kube_client(api.clone(), &identity.token),
+        );
+        let app = api
+            .merge(join::router(store.clone(), identity))
+            .merge(agent.router);
         let tls = certs::issue(&identity.ca_key, &identity.tls_names())?;
         let listener = tokio::net::TcpListener::bind(&identity.api_addr)
             .await
@@ -196,6 +223,30 @@ impl RunningNode {
             .context("the API server task died")?
             .context("the API server failed")
     }
+}
+
+/// What the node's agent is told: the daemon's flags, identity and knobs.
+fn agent_config(
+    data_dir: &Path,
+    identity: &Identity,
+    knobs: &Knobs,
+    args: &DaemonArgs,
+) -> anyhow::Result<mill_agent::AgentConfig> {
+    let log_driver = std::env::current_exe()
+        .context("cannot find the mill executable (the agent's log driver)")?;
+    Ok(mill_agent::AgentConfig {
+        node_name: identity.node_name.clone(),
+        advertise: identity.advertise.clone(),
+        data_dir: data_dir.to_path_buf(),
+        containerd_socket: args.containerd_socket.clone(),
+        containerd_namespace: args.containerd_namespace.clone(),
+        port_range: args.port_range,
+        insecure_registries: args.insecure_registry.clone(),
+        token: identity.token.clone(),
+        log_driver,
+        netns_path: knobs.netns_path.clone(),
+        timings: knobs.agent.clone(),
+    })
 }
 
 async fn shutdown_signal() {

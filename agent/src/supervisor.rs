@@ -1,0 +1,624 @@
+//! One alloc's container from start to removal: image, container, task, exit handling
+//! (in-place restarts with backoff for services, terminal phases for tasks), task
+//! timeouts, graceful stop, cleanup. Each supervised alloc is one tokio task that owns
+//! its container; the agent loop only tells it to stop.
+
+use crate::image::{self, Unpacked};
+use crate::runtime::{Exit, RuntimeError, TaskState};
+use crate::spec::{self, BindMount, ContainerShape};
+use crate::status;
+use crate::Ctx;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use mill_crds::template::{self, Part};
+use mill_crds::{Alloc, AllocPhase, OwnerKind, Service};
+use oci_client::secrets::RegistryAuth;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Container labels: the alloc's identity, read back at re-adoption.
+pub const LABEL_UID: &str = "mill.dev/alloc-uid";
+/// The alloc's name.
+pub const LABEL_NAME: &str = "mill.dev/alloc-name";
+/// The alloc's namespace.
+pub const LABEL_NAMESPACE: &str = "mill.dev/alloc-namespace";
+/// The host port it holds.
+pub const LABEL_PORT: &str = "mill.dev/host-port";
+
+/// How a supervisor begins.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Nothing exists yet: pull, create, start.
+    Fresh,
+    /// A container found at agent start, with its task's state.
+    Adopted(Option<TaskState>),
+}
+
+/// How the alloc ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Stopped on request, or a task that exited 0.
+    Stopped(Option<i32>),
+    /// Failed with a reason.
+    Failed(String, Option<i32>),
+}
+
+/// The container id of an alloc.
+pub fn container_id(alloc: &Alloc) -> String {
+    let uid = alloc.metadata.uid.clone().unwrap_or_default();
+    let short: String = uid.chars().filter(|c| *c != '-').take(8).collect();
+    format!(
+        "{}-{}-{short}",
+        alloc.namespace().unwrap_or_else(|| "default".into()),
+        alloc.name_any()
+    )
+}
+
+/// Runs one alloc until it ends or is stopped, then cleans up and reports `uid` on `done`.
+pub async fn supervise(
+    ctx: Arc<Ctx>,
+    alloc: Alloc,
+    start: Start,
+    stop: watch::Receiver<bool>,
+    done: mpsc::UnboundedSender<String>,
+) {
+    let uid = alloc.metadata.uid.clone().unwrap_or_default();
+    let mut sup = Supervisor::new(ctx, alloc);
+    let outcome = sup.lifecycle(start, stop).await;
+    sup.cleanup().await;
+    let now = status::now();
+    let patch = match outcome {
+        Outcome::Stopped(code) => json!({
+            "phase": AllocPhase::Stopped, "finishedAt": now, "exitCode": code,
+        }),
+        Outcome::Failed(reason, code) => json!({
+            "phase": AllocPhase::Failed, "reason": reason, "finishedAt": now, "exitCode": code,
+        }),
+    };
+    sup.status(patch).await;
+    let _ = done.send(uid);
+}
+
+struct Supervisor {
+    ctx: Arc<Ctx>,
+    alloc: Alloc,
+    id: String,
+    namespace: String,
+    restarts: i32,
+    scratch: PathBuf,
+}
+
+impl Supervisor {
+    fn new(ctx: Arc<Ctx>, alloc: Alloc) -> Supervisor {
+        let id = container_id(&alloc);
+        let namespace = alloc.namespace().unwrap_or_else(|| "default".into());
+        let restarts = alloc.status.as_ref().map(|s| s.restarts).unwrap_or(0);
+        let scratch = ctx
+            .config
+            .data_dir
+            .join("allocs")
+            .join(alloc.metadata.uid.clone().unwrap_or_default());
+        Supervisor {
+            ctx,
+            alloc,
+            id,
+            namespace,
+            restarts,
+            scratch,
+        }
+    }
+
+    fn is_task(&self) -> bool {
+        self.alloc.spec.owner.kind == OwnerKind::Task
+    }
+
+    fn host_port(&self) -> u16 {
+        self.alloc.spec.host_port.unwrap_or_default()
+    }
+
+    async fn status(&self, patch: serde_json::Value) {
+        status::write_alloc(&self.ctx, &self.alloc, patch).await;
+    }
+
+    fn cgroups_path(&self) -> String {
+        format!("/{}/{}", self.ctx.config.containerd_namespace, self.id)
+    }
+
+    async fn lifecycle(&mut self, start: Start, mut stop: watch::Receiver<bool>) -> Outcome {
+        let first_started = self
+            .alloc
+            .status
+            .as_ref()
+            .and_then(|s| s.started_at.as_ref())
+            .and_then(|t| jiff::Timestamp::from_second(t.0.as_second()).ok());
+        let mut start = Some(start);
+        let mut deadline: Option<Instant> = None;
+        let mut backoff_step = 0usize;
+        loop {
+            let run_began = Instant::now();
+            match start.take() {
+                Some(Start::Adopted(state)) => {
+                    self.ctx
+                        .logs
+                        .follow(&self.namespace, &self.alloc.name_any());
+                    deadline = self.deadline(first_started);
+                    match state {
+                        Some(TaskState::Running { pid }) => {
+                            tracing::info!("re-adopted {} (pid {pid})", self.id);
+                        }
+                        Some(TaskState::Exited(exit)) => {
+                            match self
+                                .exited(Some(exit), &mut backoff_step, run_began, &mut stop)
+                                .await
+                            {
+                                Ok(()) => continue,
+                                Err(outcome) => return outcome,
+                            }
+                        }
+                        _ => {
+                            if self.is_task() {
+                                return Outcome::Failed("container lost".into(), None);
+                            }
+                            if let Err(outcome) = self.restart_task().await {
+                                return outcome;
+                            }
+                        }
+                    }
+                }
+                Some(Start::Fresh) => {
+                    if let Err(outcome) = self.create_and_start(&mut stop).await {
+                        return outcome;
+                    }
+                    deadline = self.deadline(None);
+                }
+                None => {
+                    if let Err(outcome) = self.restart_task().await {
+                        return outcome;
+                    }
+                }
+            }
+            let timeout = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            enum Event {
+                Exited(Option<Exit>),
+                Stop,
+                Timeout,
+            }
+            let event = tokio::select! {
+                exit = self.wait_exit() => Event::Exited(exit),
+                _ = stop.wait_for(|s| *s) => Event::Stop,
+                _ = timeout => Event::Timeout,
+            };
+            match event {
+                Event::Exited(exit) => {
+                    if let Err(outcome) = self
+                        .exited(exit, &mut backoff_step, run_began, &mut stop)
+                        .await
+                    {
+                        return outcome;
+                    }
+                }
+                Event::Stop => return self.stop_gracefully().await,
+                Event::Timeout => {
+                    let limit = self.alloc.spec.timeout.unwrap_or_default();
+                    self.kill_now().await;
+                    return Outcome::Failed(format!("timeout after {limit}"), None);
+                }
+            }
+        }
+    }
+
+    /// The task deadline, counted from its first start.
+    fn deadline(&self, first_started: Option<jiff::Timestamp>) -> Option<Instant> {
+        let timeout = self.alloc.spec.timeout.filter(|_| self.is_task())?.get();
+        let elapsed = first_started
+            .map(|t| {
+                let since = jiff::Timestamp::now().duration_since(t);
+                Duration::try_from(since).unwrap_or_default()
+            })
+            .unwrap_or_default();
+        Some(Instant::now() + timeout.saturating_sub(elapsed))
+    }
+
+    /// Handles an exit: Ok to run again (services), Err with the final outcome.
+    async fn exited(
+        &mut self,
+        exit: Option<Exit>,
+        backoff_step: &mut usize,
+        run_began: Instant,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Outcome> {
+        let oom = crate::cgroup::oom_killed(&self.cgroups_path());
+        let code = exit.map(|e| e.code as i32);
+        let reason = match (oom, code) {
+            (true, _) => "OOM killed".to_string(),
+            (false, Some(c)) => format!("exited with code {c}"),
+            (false, None) => "container lost".to_string(),
+        };
+        if self.is_task() {
+            return Err(match code {
+                Some(0) if !oom => Outcome::Stopped(Some(0)),
+                _ => Outcome::Failed(reason, code),
+            });
+        }
+        let timings = &self.ctx.config.timings;
+        // A run that outlasted the longest backoff was healthy: start the ladder over.
+        if run_began.elapsed() > timings.backoff(usize::MAX) {
+            *backoff_step = 0;
+        }
+        let wait = timings.backoff(*backoff_step);
+        *backoff_step += 1;
+        self.status(json!({
+            "phase": AllocPhase::Starting,
+            "reason": format!("{reason}; restarting in {}", mill_crds::Duration(wait)),
+            "exitCode": code,
+        }))
+        .await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(()),
+            _ = stop.wait_for(|s| *s) => Err(Outcome::Stopped(code)),
+        }
+    }
+
+    /// Image, spec, container, task: Err with the failure if any step fails.
+    async fn create_and_start(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), Outcome> {
+        let rt = &self.ctx.runtime;
+        let image_name = image::canonical(&self.alloc.spec.template.image)
+            .map_err(|e| Outcome::Failed(e.to_string(), None))?;
+        let unpacked = match image::resolve(rt, &image_name).await {
+            Ok(Some(u)) => u,
+            Ok(None) => {
+                self.status(json!({"phase": AllocPhase::Pulling})).await;
+                let auth = self.registry_auth(&image_name).await;
+                let pull = self.ctx.puller.pull(&image_name, auth);
+                tokio::select! {
+                    pulled = pull => pulled.map_err(|e| Outcome::Failed(format!("image pull failed: {e}"), None))?,
+                    _ = stop.wait_for(|s| *s) => return Err(Outcome::Stopped(None)),
+                }
+            }
+            Err(e) => return Err(Outcome::Failed(format!("image unusable: {e}"), None)),
+        };
+        self.status(json!({"phase": AllocPhase::Starting})).await;
+        let spec = self
+            .runtime_spec(&unpacked)
+            .await
+            .map_err(|e| Outcome::Failed(e, None))?;
+        let failed = |what: &str, e: RuntimeError| Outcome::Failed(format!("{what}: {e}"), None);
+        // A leftover container of the same alloc (a crash between create and record).
+        self.remove_container().await;
+        rt.snapshot_prepare(None, &self.id, &unpacked.chain_id)
+            .await
+            .map_err(|e| failed("cannot prepare the root filesystem", e))?;
+        let labels = HashMap::from([
+            (
+                LABEL_UID.to_string(),
+                self.alloc.metadata.uid.clone().unwrap_or_default(),
+            ),
+            (LABEL_NAME.to_string(), self.alloc.name_any()),
+            (LABEL_NAMESPACE.to_string(), self.namespace.clone()),
+            (LABEL_PORT.to_string(), self.host_port().to_string()),
+        ]);
+        rt.container_create(&self.id, &image_name, spec, labels)
+            .await
+            .map_err(|e| failed("cannot create the container", e))?;
+        self.start_task().await
+    }
+
+    /// A new task in the existing container (in-place restart).
+    async fn restart_task(&mut self) -> Result<(), Outcome> {
+        if let Err(e) = self.ctx.runtime.task_delete(&self.id).await {
+            tracing::warn!("cannot delete the old task of {}: {e}", self.id);
+        }
+        self.restarts += 1;
+        self.start_task().await
+    }
+
+    async fn start_task(&mut self) -> Result<(), Outcome> {
+        let rt = &self.ctx.runtime;
+        let failed = |e: RuntimeError| Outcome::Failed(format!("cannot start: {e}"), None);
+        let name = self.alloc.name_any();
+        let log_dir =
+            self.ctx.logs.prepare(&self.namespace, &name).map_err(|e| {
+                Outcome::Failed(format!("cannot create the log directory: {e}"), None)
+            })?;
+        let log_uri = format!(
+            "binary://{}?agent-log-driver={}",
+            self.ctx.config.log_driver.display(),
+            log_dir.display()
+        );
+        let mounts = rt.snapshot_mounts(&self.id).await.map_err(failed)?;
+        rt.task_create(&self.id, mounts, &log_uri)
+            .await
+            .map_err(failed)?;
+        self.ctx.logs.follow(&self.namespace, &name);
+        rt.task_start(&self.id).await.map_err(failed)?;
+        let phase = if self.alloc.spec.template.health.is_some() {
+            AllocPhase::Running
+        } else {
+            AllocPhase::Healthy
+        };
+        self.status(json!({
+            "phase": phase,
+            "reason": null,
+            "address": format!("{}:{}", self.ctx.config.advertise, self.host_port()),
+            "containerId": self.id,
+            "startedAt": status::now(),
+            "restarts": self.restarts,
+        }))
+        .await;
+        Ok(())
+    }
+
+    /// Waits for the task to exit; `None` if it vanished (containerd lost it).
+    async fn wait_exit(&self) -> Option<Exit> {
+        let rt = &self.ctx.runtime;
+        loop {
+            match rt.task_wait(&self.id).await {
+                Ok(exit) => return Some(exit),
+                Err(e) => {
+                    match rt.task_get(&self.id).await {
+                        Ok(None) => return None,
+                        Ok(Some(TaskState::Exited(exit))) => return Some(exit),
+                        _ => {}
+                    }
+                    tracing::warn!("waiting for {}: {e}; retrying", self.id);
+                    tokio::time::sleep(self.ctx.config.timings.containerd_retry).await;
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after the stop grace.
+    async fn stop_gracefully(&self) -> Outcome {
+        self.status(json!({"phase": AllocPhase::Stopping})).await;
+        let rt = &self.ctx.runtime;
+        if let Err(e) = rt.task_kill(&self.id, 15).await {
+            tracing::warn!("cannot SIGTERM {}: {e}", self.id);
+        }
+        let grace = self.ctx.config.timings.stop_grace;
+        let exit = match tokio::time::timeout(grace, self.wait_exit()).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                tracing::info!("{} ignored SIGTERM for {grace:?}; killing it", self.id);
+                self.kill_now().await;
+                None
+            }
+        };
+        Outcome::Stopped(exit.map(|e| e.code as i32))
+    }
+
+    async fn kill_now(&self) {
+        if let Err(e) = self.ctx.runtime.task_kill(&self.id, 9).await {
+            tracing::warn!("cannot SIGKILL {}: {e}", self.id);
+        }
+        self.wait_exit().await;
+    }
+
+    async fn remove_container(&self) {
+        remove(&self.ctx, &self.id).await;
+    }
+
+    /// Task, container, snapshot, scratch space; the log follower ends.
+    async fn cleanup(&self) {
+        self.remove_container().await;
+        self.ctx
+            .logs
+            .unfollow(&self.namespace, &self.alloc.name_any());
+        if self.scratch.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&self.scratch) {
+                tracing::warn!("cannot remove {}: {e}", self.scratch.display());
+            }
+        }
+    }
+
+    async fn registry_auth(&self, image: &str) -> RegistryAuth {
+        let host = image
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .replace(':', "_");
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let Ok(Some(secret)) = secrets.get_opt(crate::REGISTRY_AUTH_SECRET).await else {
+            return RegistryAuth::Anonymous;
+        };
+        let entry = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&host))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+        match entry.as_deref().and_then(|e| e.split_once(':')) {
+            Some((user, password)) => RegistryAuth::Basic(user.into(), password.into()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// Resolves `${secret(..)}` and `${service.X.address}` in env and command.
+    async fn render(&self) -> Result<(Vec<(String, String)>, Option<Vec<String>>), String> {
+        let template = &self.alloc.spec.template;
+        let parse =
+            |s: &str| template::parse(s).map_err(|e| format!("invalid reference in {s:?}: {e}"));
+        let mut env_parts = Vec::new();
+        for (k, v) in &template.env {
+            env_parts.push((k.clone(), parse(v)?));
+        }
+        let mut command_parts = Vec::new();
+        for arg in template.command.iter().flatten() {
+            command_parts.push(parse(arg)?);
+        }
+        let mut secrets: BTreeMap<String, String> = BTreeMap::new();
+        let mut services: BTreeMap<String, String> = BTreeMap::new();
+        for part in env_parts
+            .iter()
+            .flat_map(|(_, p)| p.iter())
+            .chain(command_parts.iter().flatten())
+        {
+            match part {
+                Part::Secret(name) if !secrets.contains_key(name) => {
+                    secrets.insert(name.clone(), self.secret(name).await?);
+                }
+                Part::ServiceAddress(name) if !services.contains_key(name) => {
+                    services.insert(name.clone(), self.service_address(name).await?);
+                }
+                _ => {}
+            }
+        }
+        let lookup = |map: &BTreeMap<String, String>, n: &str| -> Result<String, String> {
+            map.get(n)
+                .cloned()
+                .ok_or_else(|| format!("unresolved reference {n}"))
+        };
+        let render = |parts: &[Part]| {
+            template::render(parts, |n| lookup(&secrets, n), |n| lookup(&services, n))
+        };
+        let mut env = Vec::new();
+        for (k, parts) in &env_parts {
+            env.push((k.clone(), render(parts)?));
+        }
+        let command = match &template.command {
+            Some(_) => Some(
+                command_parts
+                    .iter()
+                    .map(|p| render(p))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
+        Ok((env, command))
+    }
+
+    async fn secret(&self, name: &str) -> Result<String, String> {
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("cannot read secret {name:?}: {e}"))?
+            .ok_or_else(|| format!("secret {name:?} not found"))?;
+        let data = secret.data.unwrap_or_default();
+        let value = data
+            .get("value")
+            .or_else(|| (data.len() == 1).then(|| data.values().next()).flatten())
+            .ok_or_else(|| format!("secret {name:?} has no \"value\" key"))?;
+        String::from_utf8(value.0.clone()).map_err(|_| format!("secret {name:?} is not UTF-8"))
+    }
+
+    async fn service_address(&self, name: &str) -> Result<String, String> {
+        let api: Api<Service> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let service = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("cannot read service {name:?}: {e}"))?
+            .ok_or_else(|| {
+                format!("service {name:?} not found (referenced by ${{service.{name}.address}})")
+            })?;
+        let host = if self.namespace == "default" {
+            format!("{name}.mill")
+        } else {
+            format!("{name}.{}.mill", self.namespace)
+        };
+        Ok(format!("{host}:{}", service.spec.port))
+    }
+
+    /// The OCI runtime spec as JSON.
+    async fn runtime_spec(&self, unpacked: &Unpacked) -> Result<Vec<u8>, String> {
+        let (mut env, command) = self.render().await?;
+        let template = &self.alloc.spec.template;
+        let owner = &self.alloc.spec.owner;
+        env.push(("PORT".into(), self.host_port().to_string()));
+        env.push(("MILL_ALLOC_ID".into(), self.alloc.name_any()));
+        let owner_var = match owner.kind {
+            OwnerKind::Service => "MILL_SERVICE",
+            OwnerKind::Task => "MILL_TASK",
+        };
+        env.push((owner_var.into(), owner.name.clone()));
+        env.push(("MILL_NODE".into(), self.ctx.config.node_name.clone()));
+        env.push(("MILL_NAMESPACE".into(), self.namespace.clone()));
+        std::fs::create_dir_all(&self.scratch)
+            .map_err(|e| format!("cannot create {}: {e}", self.scratch.display()))?;
+        let resolv = self.scratch.join("resolv.conf");
+        std::fs::write(
+            &resolv,
+            format!("nameserver {}\nsearch mill\n", self.ctx.config.advertise),
+        )
+        .map_err(|e| format!("cannot write resolv.conf: {e}"))?;
+        let mut mounts = vec![BindMount {
+            source: resolv,
+            destination: "/etc/resolv.conf".into(),
+            read_only: true,
+        }];
+        for volume in &template.volumes {
+            let source = if volume.ephemeral {
+                self.scratch.join("scratch").join(&volume.name)
+            } else {
+                self.ctx
+                    .config
+                    .data_dir
+                    .join("volumes")
+                    .join(&self.namespace)
+                    .join(&volume.name)
+            };
+            std::fs::create_dir_all(&source)
+                .map_err(|e| format!("cannot create volume {}: {e}", source.display()))?;
+            mounts.push(BindMount {
+                source,
+                destination: volume.path.clone(),
+                read_only: false,
+            });
+        }
+        let shape = ContainerShape {
+            image: &unpacked.config,
+            command,
+            env,
+            cpu: template.cpu,
+            memory: template.memory.bytes(),
+            hostname: self.alloc.name_any(),
+            netns: self.ctx.config.netns_path.as_deref(),
+            cgroups_path: self.cgroups_path(),
+            mounts,
+        };
+        let spec = spec::build(&shape).map_err(|e| e.to_string())?;
+        serde_json::to_vec(&spec).map_err(|e| format!("cannot encode the runtime spec: {e}"))
+    }
+}
+
+/// Stops (SIGKILL) and removes a container with its task and snapshot.
+pub async fn remove(ctx: &Ctx, id: &str) {
+    let rt = &ctx.runtime;
+    if let Ok(Some(TaskState::Running { .. })) = rt.task_get(id).await {
+        if let Err(e) = rt.task_kill(id, 9).await {
+            tracing::warn!("cannot kill {id}: {e}");
+        }
+        let _ = tokio::time::timeout(ctx.config.timings.stop_grace, rt.task_wait(id)).await;
+    }
+    if let Err(e) = rt.task_delete(id).await {
+        tracing::warn!("cannot delete the task of {id}: {e}");
+    }
+    if let Err(e) = rt.container_delete(id).await {
+        tracing::warn!("cannot delete container {id}: {e}");
+    }
+}
+
+/// Stops an orphan gracefully (SIGTERM, grace, SIGKILL) and removes it.
+pub async fn remove_orphan(
+    ctx: Arc<Ctx>,
+    id: String,
+    uid: String,
+    done: mpsc::UnboundedSender<String>,
+) {
+    let rt = &ctx.runtime;
+    if let Ok(Some(TaskState::Running { .. })) = rt.task_get(&id).await {
+        if rt.task_kill(&id, 15).await.is_ok() {
+            let _ = tokio::time::timeout(ctx.config.timings.stop_grace, rt.task_wait(&id)).await;
+        }
+    }
+    remove(&ctx, &id).await;
+    tracing::info!("removed container {id} (its alloc is gone, stopped or elsewhere)");
+    let _ = done.send(uid);
+}
