@@ -92,6 +92,10 @@ pub struct AllocSpec {
     /// Tasks: a run still going after this long is killed and marked failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Set by a drain: replace this replica on another node (the replacement healthy and
+    /// routed first), then stop it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evict: bool,
 }
 
 /// Who an alloc belongs to.
@@ -105,7 +109,9 @@ pub struct AllocOwner {
 }
 
 /// The kind of thing an alloc is an instance of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OwnerKind {
     /// A replica of a service.

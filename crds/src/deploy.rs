@@ -87,6 +87,23 @@ pub struct DeployStatus {
     /// The per-service event log, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<DeployEvent>,
+    /// How each service of the deploy ended, once it has; the deploy ends when every
+    /// service it touched has a result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<DeployResult>,
+}
+
+/// How one service of a deploy ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployResult {
+    /// The service.
+    pub service: String,
+    /// Whether it reached the deploy's revision (or was removed or left unchanged).
+    pub success: bool,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Where a deploy is.

@@ -22,8 +22,10 @@ pub use alloc::{
     Alloc, AllocCondition, AllocOwner, AllocPhase, AllocSpec, AllocStatus, ContainerTemplate,
     DesiredState, OwnerKind,
 };
-pub use deploy::{Deploy, DeployChange, DeployEvent, DeployPhase, DeploySpec, DeployStatus};
-pub use node::{Node, NodeResources, NodeSpec, NodeState, NodeStatus, RaftRole};
+pub use deploy::{
+    Deploy, DeployChange, DeployEvent, DeployPhase, DeployResult, DeploySpec, DeployStatus,
+};
+pub use node::{Node, NodeResources, NodeSpec, NodeState, NodeStatus, PortRange, RaftRole};
 pub use quantity::{ByteSize, Duration};
 pub use service::{
     HealthCheck, Revision, Route, Service, ServiceSpec, ServiceStatus, UpdatePolicy, VolumeMount,

@@ -64,6 +64,19 @@ pub struct NodeSpec {
     /// Whether new allocs are kept off it (set by a drain).
     #[serde(default)]
     pub unschedulable: bool,
+    /// The host ports its allocs get (`--port-range`); the cluster default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range: Option<PortRange>,
+}
+
+/// An inclusive range of host ports, `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortRange {
+    /// The lowest port of the range.
+    pub first: u16,
+    /// The highest port of the range.
+    pub last: u16,
 }
 
 /// The observed state of a node: its agent's heartbeat and the nodes controller's verdict.
@@ -88,6 +101,9 @@ pub struct NodeStatus {
     /// How many active allocs it runs.
     #[serde(default)]
     pub alloc_count: i32,
+    /// A draining node that no longer runs any active alloc: it can be removed.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// CPU and memory of a node.

@@ -210,6 +210,14 @@ pub struct Revision {
     /// What made it: the deploy's name, `rollback`, `restart`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// The restart request (the Service's `mill.dev/restart` annotation) current when the
+    /// revision was made; a different request on the Service makes the next revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
+    /// Why the rollout of this revision failed; a failed revision is never rolled out again
+    /// by the same deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 impl ServiceSpec {
