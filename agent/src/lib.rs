@@ -155,6 +155,7 @@ async fn run(
     tokio::spawn(janitor(ctx.clone(), reader.clone()));
 
     let mut marked: HashSet<String> = HashSet::new();
+    let mut waiting: HashSet<String> = HashSet::new();
     loop {
         let by_uid: HashMap<String, Arc<Alloc>> = reader
             .state()
@@ -217,11 +218,22 @@ async fn run(
                     marked.insert(uid);
                 }
                 Action::WaitForPort { uid, port, holder } => {
-                    tracing::debug!("alloc {uid} waits for port {port}, held by {holder}");
+                    if waiting.insert(uid.clone()) {
+                        let holder = by_uid
+                            .get(&holder)
+                            .map(|a| format!("alloc {}", a.name_any()))
+                            .unwrap_or_else(|| "a container being removed".into());
+                        if let Some(alloc) = by_uid.get(&uid) {
+                            let reason = format!("waiting for host port {port}, held by {holder}");
+                            let patch = json!({"phase": AllocPhase::Pending, "reason": reason});
+                            status::write_alloc(&ctx, alloc, patch).await;
+                        }
+                    }
                 }
             }
         }
         marked.retain(|uid| by_uid.contains_key(uid));
+        waiting.retain(|uid| by_uid.contains_key(uid) && !handles.contains_key(uid));
         tokio::select! {
             _ = wake.notified() => {}
             finished = done_rx.recv() => {

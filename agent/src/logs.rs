@@ -6,7 +6,7 @@
 use crate::logdriver::{DriverSettings, StoredLine, CURRENT, SETTINGS};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -241,8 +241,19 @@ fn files_in_order(dir: &Path) -> Vec<PathBuf> {
 
 /// The last `n` lines from the files.
 fn read_tail(dir: &Path, alloc: &str, n: usize) -> Vec<LogLine> {
+    read_files(files_in_order(dir), alloc, n)
+}
+
+/// The last `n` lines of the rotated files only.
+fn read_tail_rotated(dir: &Path, alloc: &str, n: usize) -> Vec<LogLine> {
+    let mut files = files_in_order(dir);
+    files.pop();
+    read_files(files, alloc, n)
+}
+
+fn read_files(files: Vec<PathBuf>, alloc: &str, n: usize) -> Vec<LogLine> {
     let mut out: VecDeque<LogLine> = VecDeque::new();
-    for path in files_in_order(dir) {
+    for path in files {
         let Ok(file) = std::fs::File::open(&path) else {
             continue;
         };
@@ -266,12 +277,13 @@ async fn follow_files(
     poll: Duration,
 ) {
     {
+        // Rotated files into memory; current.log is then read through the same reader
+        // that follows it, so no line falls between preload and follow.
         let mut ring = followed.ring.lock().unwrap_or_else(|p| p.into_inner());
-        ring.extend(read_tail(&dir, &alloc, RING));
+        ring.extend(read_tail_rotated(&dir, &alloc, RING));
     }
     let current = dir.join(CURRENT);
-    // Start after what the preload read.
-    let mut reader: Option<(BufReader<std::fs::File>, u64)> = open_at_end(&current);
+    let mut reader: Option<(BufReader<std::fs::File>, u64)> = open_at_start(&current);
     let mut partial = String::new();
     loop {
         let stop = *stopped.borrow();
@@ -318,10 +330,9 @@ async fn follow_files(
     }
 }
 
-fn open_at_end(path: &Path) -> Option<(BufReader<std::fs::File>, u64)> {
-    let mut file = std::fs::File::open(path).ok()?;
+fn open_at_start(path: &Path) -> Option<(BufReader<std::fs::File>, u64)> {
+    let file = std::fs::File::open(path).ok()?;
     let ino = file.metadata().ok()?.ino();
-    file.seek(SeekFrom::End(0)).ok()?;
     Some((BufReader::new(file), ino))
 }
 

@@ -5,7 +5,7 @@
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxResources, Mount,
-    MountBuilder, Spec,
+    MountBuilder, RootBuilder, Spec,
 };
 use std::path::{Path, PathBuf};
 
@@ -131,6 +131,15 @@ pub fn build(shape: &ContainerShape<'_>) -> Result<Spec, SpecError> {
         .unwrap_or_else(|| "/".into());
     let mut spec = Spec::default();
     spec.set_hostname(Some(shape.hostname.clone()));
+    // Writable root (oci-spec defaults to read-only): containers write where they like,
+    // into their own overlay snapshot.
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(false)
+            .build()
+            .map_err(invalid)?,
+    ));
     let mut process = spec.process().clone().unwrap_or_default();
     process.set_args(Some(args));
     process.set_env(Some(merge_env(shape.image, &shape.env)));
@@ -279,6 +288,7 @@ mod tests {
             mounts: vec![],
         };
         let spec = build(&shape).unwrap();
+        assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(false));
         let namespaces = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
         assert!(namespaces
             .iter()
