@@ -42,6 +42,7 @@ pub mod health;
 pub mod knobs;
 pub mod nodes;
 pub mod rollout;
+pub mod runtime;
 pub mod scheduler;
 pub mod tasks;
 pub mod view;
