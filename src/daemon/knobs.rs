@@ -24,6 +24,12 @@ pub struct Knobs {
     pub agent: mill_agent::Timings,
     /// `MILL_NETNS_PATH` (unset): the network namespace containers join.
     pub netns_path: Option<std::path::PathBuf>,
+    /// `MILL_WATCHDOG_TICK_MS` (1000): the controllers re-plan at least this often.
+    pub watchdog_tick: Duration,
+    /// The controllers' knobs: `MILL_HEARTBEAT_TIMEOUT_MS` (15000),
+    /// `MILL_DEPLOY_TIMEOUT_MS` (600000), `MILL_DRAIN_GRACE_MS` (5000),
+    /// `MILL_ALLOC_RETENTION_SECS` (86400); the port range comes from `--port-range`.
+    pub controllers: mill_controllers::Knobs,
 }
 
 impl Knobs {
@@ -49,6 +55,14 @@ impl Knobs {
             netns_path: std::env::var_os("MILL_NETNS_PATH")
                 .filter(|p| !p.is_empty())
                 .map(std::path::PathBuf::from),
+            watchdog_tick: millis("MILL_WATCHDOG_TICK_MS", 1000)?,
+            controllers: mill_controllers::Knobs {
+                heartbeat_timeout: millis("MILL_HEARTBEAT_TIMEOUT_MS", 15_000)?,
+                deploy_timeout: millis("MILL_DEPLOY_TIMEOUT_MS", 600_000)?,
+                drain_grace: millis("MILL_DRAIN_GRACE_MS", 5000)?,
+                alloc_retention: Duration::from_secs(var("MILL_ALLOC_RETENTION_SECS", 86_400)?),
+                ..mill_controllers::Knobs::default()
+            },
         })
     }
 }

@@ -5,6 +5,7 @@ mod certs;
 mod identity;
 pub mod join;
 mod knobs;
+mod leader;
 
 pub use identity::Identity;
 pub use knobs::Knobs;
@@ -191,6 +192,13 @@ impl RunningNode {
         let agent = mill_agent::Agent::start(
             agent_config(data_dir, identity, knobs, args)?,
             crate::api::kube_client(api.clone(), &identity.token),
+        );
+        // Kept running for the node's lifetime; it starts and stops the controllers.
+        let _leadership = leader::follow(
+            store.clone(),
+            crate::api::kube_client(api.clone(), &identity.token),
+            knobs,
+            args.port_range,
         );
         let app = api
             .merge(join::router(store.clone(), identity))
