@@ -1,7 +1,7 @@
 //! mill's store against etcd 3.4, side by side in one run on one machine.
 //!
 //! Both run on loopback as 1 node and as 3 nodes, driven by the same HTTP client at the
-//! same concurrency: mill through its Kubernetes API (create = POST a Service, update =
+//! same concurrency: mill through its Kubernetes API (create = POST a Task, update =
 //! PUT it), etcd through its HTTP/JSON gateway (`/v3/kv/put`, default fsync). Watch
 //! latency is write start → event at a watcher on another member (`/v3/watch` for etcd).
 //!
@@ -12,7 +12,7 @@
 mod harness;
 
 use base64::Engine;
-use harness::{service, Cluster, TOKEN};
+use harness::{task, Cluster, TOKEN};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -53,8 +53,8 @@ impl System {
     ) -> bool {
         let resp = match self {
             System::Mill(c) => {
-                let base = c.nodes[m].url("/apis/mill.dev/v1/namespaces/default/services");
-                let object = service(key, value);
+                let base = c.nodes[m].url("/apis/mill.dev/v1/namespaces/default/tasks");
+                let object = task(key, value);
                 let req = if create {
                     http.post(base)
                 } else {
@@ -85,11 +85,11 @@ impl System {
             System::Mill(c) => {
                 let (_, rv) = list_rv(
                     http,
-                    &c.nodes[m].url("/apis/mill.dev/v1/namespaces/default/services"),
+                    &c.nodes[m].url("/apis/mill.dev/v1/namespaces/default/tasks"),
                 )
                 .await;
                 let url = c.nodes[m].url(&format!(
-                    "/apis/mill.dev/v1/namespaces/default/services?watch=true&resourceVersion={rv}"
+                    "/apis/mill.dev/v1/namespaces/default/tasks?watch=true&resourceVersion={rv}"
                 ));
                 http.get(url).bearer_auth(TOKEN).send().await
             }

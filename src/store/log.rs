@@ -1,8 +1,11 @@
 //! Raft's log, vote and committed/purged ids in sled (`RaftLogStorage`).
 //!
 //! Entries live in the tree `raft_log` keyed by big-endian index (so sled's order is log
-//! order), as JSON. Appends and votes are flushed with `flush_async` before openraft is told
-//! they are done. Single inserts, batches and range reads touch sled's in-memory page
+//! order), as JSON. Votes are flushed before `save_vote` returns. Appends are group-committed:
+//! `append` writes the batch to sled and hands openraft's callback to one flusher task, which
+//! flushes once for every callback queued meanwhile and then completes them in order — so
+//! openraft keeps accepting and replicating entries while a flush is in flight, and 64
+//! concurrent writers cost one fsync per batch rather than one each. Single inserts, batches and range reads touch sled's in-memory page
 //! cache and are cheap enough to run on the runtime; the only potentially long operation,
 //! purging thousands of entries after a snapshot, runs on a blocking thread.
 
@@ -13,6 +16,8 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -37,7 +42,33 @@ pub(crate) struct LogStore {
     meta: sled::Tree,
     /// The last committed index, for [`super::RaftInfo::commit_index`].
     committed: Arc<AtomicU64>,
+    /// Appends waiting for the next flush (see the module doc).
+    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
     _user: DbUser,
+}
+
+/// The group-commit task: one `flush_async` per burst of appends, callbacks in order. It
+/// ends when every [`LogStore`] (and so every sender) is gone.
+fn spawn_flusher(db: sled::Db, user: DbUser) -> mpsc::UnboundedSender<LogFlushed<TypeConfig>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<LogFlushed<TypeConfig>>();
+    tokio::spawn(async move {
+        let _user = user;
+        while let Some(first) = rx.recv().await {
+            let mut waiting = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                waiting.push(more);
+            }
+            let flushed = db
+                .flush_async()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            for callback in waiting {
+                callback.log_io_completed(flushed.clone().map_err(std::io::Error::other));
+            }
+        }
+    });
+    tx
 }
 
 impl LogStore {
@@ -48,6 +79,7 @@ impl LogStore {
             log: db.open_tree("raft_log").map_err(internal)?,
             meta: db.open_tree("raft_meta").map_err(internal)?,
             committed: Arc::new(AtomicU64::new(0)),
+            flusher: spawn_flusher(db.clone(), user.clone()),
             _user: user,
         };
         let committed: Option<LogId<u64>> = read_json(&store.meta, COMMITTED).map_err(internal)?;
@@ -168,13 +200,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        let flushed = self
-            .db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(std::io::Error::other);
-        callback.log_io_completed(flushed);
+        if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback) {
+            // The flusher only ends with the last LogStore, so this is shutdown: flush here.
+            let flushed = self.db.flush_async().await.map(|_| ());
+            callback.log_io_completed(flushed.map_err(std::io::Error::other));
+        }
         Ok(())
     }
 

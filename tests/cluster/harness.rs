@@ -209,16 +209,16 @@ impl Cluster {
         None
     }
 
-    /// Creates (or, with `rv`, updates) a Service named `name` through node `i`.
-    pub async fn put_service(
+    /// Creates (or, with `rv`, updates) a Task named `name` through node `i`.
+    pub async fn put_task(
         &self,
         i: usize,
         name: &str,
         image: &str,
         rv: Option<&str>,
     ) -> reqwest::Result<reqwest::Response> {
-        let mut object = service(name, image);
-        let base = "/apis/mill.dev/v1/namespaces/default/services";
+        let mut object = task(name, image);
+        let base = "/apis/mill.dev/v1/namespaces/default/tasks";
         let request = match rv {
             None => self.http.post(self.nodes[i].url(base)),
             Some(rv) => {
@@ -229,9 +229,9 @@ impl Cluster {
         request.bearer_auth(TOKEN).json(&object).send().await
     }
 
-    /// The names and images of all Services, as node `i` lists them (linearizable list).
-    pub async fn list_services(&self, i: usize) -> Option<Vec<(String, String)>> {
-        let url = self.nodes[i].url("/apis/mill.dev/v1/namespaces/default/services");
+    /// The names and images of all Tasks, as node `i` lists them (linearizable list).
+    pub async fn list_tasks(&self, i: usize) -> Option<Vec<(String, String)>> {
+        let url = self.nodes[i].url("/apis/mill.dev/v1/namespaces/default/tasks");
         let resp = self.http.get(url).bearer_auth(TOKEN).send().await.ok()?;
         resp.status().is_success().then_some(())?;
         let list: Value = resp.json().await.ok()?;
@@ -253,12 +253,13 @@ impl Cluster {
     }
 }
 
-/// A minimal Service object.
-pub fn service(name: &str, image: &str) -> Value {
+/// A minimal Task object: the tests' register. (Services would be touched by the
+/// controllers running on the leader; a task template is only read when spawned.)
+pub fn task(name: &str, image: &str) -> Value {
     json!({
         "apiVersion": "mill.dev/v1",
-        "kind": "Service",
+        "kind": "Task",
         "metadata": {"name": name, "namespace": "default"},
-        "spec": {"image": image, "port": 8080},
+        "spec": {"image": image},
     })
 }

@@ -3,12 +3,12 @@
 //! (as in porcupine): linearize calls one at a time, backtrack when a return is reached
 //! before its call was linearized, memoize (linearized set, state).
 
-use crate::harness::{eventually, service, Cluster, TOKEN};
+use crate::harness::{eventually, task, Cluster, TOKEN};
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-/// One operation on a register (a Service's `spec.image`).
+/// One operation on a register (a Task's `spec.image`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     Write(String),
@@ -185,12 +185,10 @@ enum Sent {
 
 /// Runs `op` on register `key` through node `node`.
 async fn run(cluster: &Cluster, node: usize, key: &str, op: &Op) -> Sent {
-    let url = cluster.nodes[node].url(&format!(
-        "/apis/mill.dev/v1/namespaces/default/services/{key}"
-    ));
+    let url = cluster.nodes[node].url(&format!("/apis/mill.dev/v1/namespaces/default/tasks/{key}"));
     let http = &cluster.http;
     let request = match op {
-        Op::Write(v) => http.put(url).json(&service(key, v)),
+        Op::Write(v) => http.put(url).json(&task(key, v)),
         Op::Read => http.get(url),
         Op::Cas(from, to) => {
             let patch = json!([
@@ -227,7 +225,7 @@ async fn history_under_leader_kills_and_restarts_is_linearizable() {
     let cluster = Cluster::start(3, &[]).await;
     let keys = ["reg-a", "reg-b"];
     for key in keys {
-        let resp = cluster.put_service(0, key, "v0", None).await.unwrap();
+        let resp = cluster.put_task(0, key, "v0", None).await.unwrap();
         assert_eq!(resp.status(), 201);
     }
     let epoch = Instant::now();

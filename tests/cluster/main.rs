@@ -13,7 +13,7 @@ async fn writes_succeed_on_a_new_leader_after_the_leader_is_killed() {
     let cluster = Cluster::start(3, &[]).await;
     let leader = eventually(Duration::from_secs(10), "a leader", || cluster.leader()).await;
     let resp = cluster
-        .put_service(leader, "before", "img:1", None)
+        .put_task(leader, "before", "img:1", None)
         .await
         .unwrap();
     assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
@@ -26,7 +26,7 @@ async fn writes_succeed_on_a_new_leader_after_the_leader_is_killed() {
         "a write on the surviving nodes",
         || async {
             let resp = cluster
-                .put_service(survivor, "after", "img:2", None)
+                .put_task(survivor, "after", "img:2", None)
                 .await
                 .ok()?;
             (resp.status() == 201).then_some(())
@@ -42,9 +42,9 @@ async fn writes_succeed_on_a_new_leader_after_the_leader_is_killed() {
     let new_leader = eventually(Duration::from_secs(10), "a new leader", || cluster.leader()).await;
     assert_ne!(new_leader, leader);
     for i in (0..3).filter(|i| *i != leader) {
-        let services = cluster.list_services(i).await.unwrap();
+        let tasks = cluster.list_tasks(i).await.unwrap();
         assert_eq!(
-            services,
+            tasks,
             vec![
                 ("after".into(), "img:2".into()),
                 ("before".into(), "img:1".into())
@@ -58,12 +58,12 @@ async fn every_node_restarted_keeps_all_state() {
     let cluster = Cluster::start(3, &[]).await;
     for n in 0..20 {
         let resp = cluster
-            .put_service(n % 3, &format!("svc-{n}"), "img:1", None)
+            .put_task(n % 3, &format!("svc-{n}"), "img:1", None)
             .await
             .unwrap();
         assert_eq!(resp.status(), 201);
     }
-    let before = cluster.list_services(0).await.unwrap();
+    let before = cluster.list_tasks(0).await.unwrap();
     assert_eq!(before.len(), 20);
     for node in &cluster.nodes {
         node.kill();
@@ -75,7 +75,7 @@ async fn every_node_restarted_keeps_all_state() {
     }
     for i in 0..3 {
         let after = eventually(Duration::from_secs(30), "the list after restart", || {
-            cluster.list_services(i)
+            cluster.list_tasks(i)
         })
         .await;
         assert_eq!(after, before, "node {i} lost state across the restart");
@@ -97,14 +97,14 @@ async fn a_node_down_past_the_snapshot_threshold_catches_up_and_its_watchers_con
     let writer = (leader + 2) % 3;
     for n in 0..10 {
         cluster
-            .put_service(writer, &format!("early-{n}"), "img:1", None)
+            .put_task(writer, &format!("early-{n}"), "img:1", None)
             .await
             .unwrap();
     }
     eventually(
         Duration::from_secs(10),
         "the lagger to see the early writes",
-        || async { (cluster.list_services(lagger).await?.len() == 10).then_some(()) },
+        || async { (cluster.list_tasks(lagger).await?.len() == 10).then_some(()) },
     )
     .await;
     cluster.nodes[lagger].kill();
@@ -112,14 +112,14 @@ async fn a_node_down_past_the_snapshot_threshold_catches_up_and_its_watchers_con
     // from the lagger's state in every way.
     for n in 0..120 {
         let resp = cluster
-            .put_service(writer, &format!("late-{n}"), "img:1", None)
+            .put_task(writer, &format!("late-{n}"), "img:1", None)
             .await
             .unwrap();
         assert_eq!(resp.status(), 201);
     }
     for n in 0..5 {
         let url = cluster.nodes[writer].url(&format!(
-            "/apis/mill.dev/v1/namespaces/default/services/early-{n}"
+            "/apis/mill.dev/v1/namespaces/default/tasks/early-{n}"
         ));
         let resp = cluster
             .http
@@ -130,14 +130,14 @@ async fn a_node_down_past_the_snapshot_threshold_catches_up_and_its_watchers_con
             .unwrap();
         assert!(resp.status().is_success());
     }
-    let expected = cluster.list_services(writer).await.unwrap();
+    let expected = cluster.list_tasks(writer).await.unwrap();
     assert_eq!(expected.len(), 125);
 
     cluster.nodes[lagger].restart().await;
     // A watcher on the caught-up node, from rv 0 (initial state then live), must reach
     // exactly the state the others have.
     let url = cluster.nodes[lagger]
-        .url("/apis/mill.dev/v1/namespaces/default/services?watch=true&resourceVersion=0");
+        .url("/apis/mill.dev/v1/namespaces/default/tasks?watch=true&resourceVersion=0");
     let mut resp = cluster
         .http
         .get(url)
@@ -200,7 +200,7 @@ async fn a_node_down_past_the_snapshot_threshold_catches_up_and_its_watchers_con
 async fn concurrent_conflicting_updates_let_exactly_one_win() {
     let cluster = Cluster::start(3, &[]).await;
     let resp = cluster
-        .put_service(0, "contended", "img:0", None)
+        .put_task(0, "contended", "img:0", None)
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
@@ -215,7 +215,7 @@ async fn concurrent_conflicting_updates_let_exactly_one_win() {
         let cluster = &cluster;
         attempts.push(async move {
             cluster
-                .put_service(n % 3, "contended", &format!("img:{}", n + 1), Some(&rv))
+                .put_task(n % 3, "contended", &format!("img:{}", n + 1), Some(&rv))
                 .await
                 .unwrap()
         });
@@ -266,7 +266,7 @@ async fn secret_plaintext_never_reaches_the_data_dirs() {
     // Enough writes to pass the snapshot threshold, so snapshots hold the secret too.
     for n in 0..40 {
         cluster
-            .put_service(0, &format!("filler-{n}"), "img:1", None)
+            .put_task(0, &format!("filler-{n}"), "img:1", None)
             .await
             .unwrap();
     }
