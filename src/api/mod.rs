@@ -13,7 +13,8 @@
 //! - `resources` — the kind registry (from `mill_crds::all_crds()` plus core kinds);
 //! - `objects`, `validation`, `patch`, `selectors`, `table` — pure helpers;
 //! - `secrets` — sealing Secret data before it reaches the store;
-//! - `status` — errors as `metav1.Status`; `auth` — the bearer token.
+//! - `status` — errors as `metav1.Status`; `auth` — the bearer token;
+//! - `v1` — mill's own `/v1` API (SPEC §3): `POST /v1/deploy` and its SSE stream.
 
 mod auth;
 mod crud;
@@ -30,6 +31,7 @@ mod selectors;
 mod status;
 mod table;
 pub mod tls;
+mod v1;
 mod validation;
 mod watch;
 
@@ -38,7 +40,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 use serde_json::json;
 use std::sync::Arc;
@@ -112,6 +114,7 @@ pub fn router_with(store: Store, config: ApiConfig, tuning: ApiTuning) -> Router
         .route("/version", get(version))
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/{*rest}", get(openapi_document))
+        .route("/v1/deploy", post(v1::deploy::deploy))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -1,6 +1,7 @@
 //! The `mill` command line: argument parsing and one module per client command.
 
 mod crds;
+mod deploy;
 mod image;
 mod kubeconfig;
 mod validate;
@@ -67,6 +68,30 @@ pub enum Command {
         #[command(flatten)]
         daemon: DaemonArgs,
     },
+    /// Deploy a .mill file: the whole desired state of the namespace.
+    Deploy {
+        /// The config.
+        #[arg(short = 'f', long = "file", default_value = "mill.conf")]
+        file: PathBuf,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Return once the deploy is accepted; it goes on in the cluster.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Same as deploy; also takes YAML/JSON manifests of mill kinds.
+    Apply {
+        /// A .mill config, or a .yaml/.json manifest.
+        #[arg(short = 'f', long = "file", required = true)]
+        file: PathBuf,
+        /// Print what would change; change nothing (.mill files).
+        #[arg(long)]
+        dry_run: bool,
+        /// Return once the deploy is accepted (.mill files).
+        #[arg(long)]
+        detach: bool,
+    },
     /// Print a kubeconfig that makes kubectl talk to the cluster.
     Kubeconfig,
     /// Manage images on the nodes.
@@ -104,6 +129,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             })?;
             serve(crate::daemon::join(&args.data_dir, &addr, &token, daemon))
         }
+        Command::Deploy {
+            file,
+            dry_run,
+            detach,
+        } => deploy::deploy(&deploy::DeployArgs {
+            address: &args.address,
+            token: args.token.as_deref(),
+            namespace: &args.namespace,
+            file: &file,
+            dry_run,
+            detach,
+        }),
+        Command::Apply {
+            file,
+            dry_run,
+            detach,
+        } => deploy::apply(&deploy::DeployArgs {
+            address: &args.address,
+            token: args.token.as_deref(),
+            namespace: &args.namespace,
+            file: &file,
+            dry_run,
+            detach,
+        }),
         Command::Kubeconfig => {
             kubeconfig::run(&args.data_dir, &args.address, args.token.as_deref())
         }
