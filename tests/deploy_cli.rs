@@ -1,0 +1,219 @@
+//! `mill deploy` end to end: a real `mill init` node (controllers on its leader, agent on a
+//! private containerd), a local registry, the CLI as a process. The deploy's SSE stream
+//! is printed as SPEC §8 lines and the service answers HTTP on its alloc address.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use kube::api::{Api, ListParams};
+use mill_crds::{Alloc, AllocPhase, Deploy, Service};
+use std::process::{Command, Output};
+use std::time::Duration;
+use support::containerd::Containerd;
+use support::eventually;
+use support::images;
+use support::node::{MillNode, TOKEN};
+use support::registry::Registry;
+
+/// Generous bound for anything container-related on a loaded 2-core CI machine.
+const WITHIN: Duration = Duration::from_secs(90);
+
+/// `examples/hello.mill`'s shape, with `image` and `replicas` filled in.
+fn hello(image: &str, replicas: u32) -> String {
+    format!(
+        r#"service "hello" {{
+  image    = "{image}"
+  command  = ["/bin/sh", "-c", "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p $PORT -h /www"]
+  port     = 8080
+  replicas = {replicas}
+  cpu      = 0.1
+  memory   = "32M"
+
+  health {{
+    path     = "/"
+    interval = "2s"
+    timeout  = "1s"
+  }}
+}}
+"#
+    )
+}
+
+async fn mill(address: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mill"));
+    command
+        .args(["--address", address, "--token", TOKEN])
+        .args(args)
+        .env_remove("MILL_ADDRESS")
+        .env_remove("MILL_TOKEN");
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Prints the node's container logs and allocs, to say why a deploy failed.
+async fn dump(node: &MillNode) {
+    for entry in walkdir::WalkDir::new(&node.data_dir).into_iter().flatten() {
+        let path = entry.path();
+        if entry.file_type().is_file() && path.to_string_lossy().contains("logs") {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            eprintln!("--- {} ---\n{log}", path.display());
+        }
+    }
+    let allocs: Api<Alloc> = Api::namespaced(node.client(), "default");
+    if let Ok(list) = allocs.list(&ListParams::default()).await {
+        eprintln!("allocs: {:#?}", list.items);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mill_deploy_prints_the_phases_and_the_service_answers_http() {
+    let ctd = Containerd::start();
+    let registry = Registry::start();
+    let archive = images::build(&images::httpd("mill.test/httpd:1"), ctd.dir.path());
+    let image = registry.push(&archive, "mill/busybox:latest");
+    // A port range of this test's own: other tests on the host may hold the default's first ports.
+    let first = 30_000 + support::free_port() % 20_000;
+    let ports = format!("{first}-{}", first + 50);
+    let node = MillNode::start(
+        &ctd,
+        &[
+            ("MILL_WATCHDOG_TICK_MS", "200"),
+            ("MILL_PORT_RANGE", &ports),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hello.mill");
+    std::fs::write(&file, hello(&image, 1)).unwrap();
+    let file = file.to_str().unwrap();
+    let address = node.url("");
+
+    let out = mill(&address, &["deploy", "-f", file]).await;
+    let (stdout, stderr) = text(&out);
+    if !out.status.success() {
+        dump(&node).await;
+    }
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.contains(&"  hello: scheduled on node-1"), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("  hello: healthy (") && l.ends_with("s)")),
+        "{stdout}"
+    );
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.starts_with("deployed (") && last.ends_with("s)"),
+        "{stdout}"
+    );
+
+    // The service answers on its alloc's address.
+    let allocs: Api<Alloc> = Api::namespaced(node.client(), "default");
+    let list = allocs.list(&ListParams::default()).await.unwrap();
+    let running: Vec<&Alloc> = list
+        .items
+        .iter()
+        .filter(|a| {
+            a.status
+                .as_ref()
+                .is_some_and(|s| s.phase == AllocPhase::Healthy)
+        })
+        .collect();
+    assert_eq!(running.len(), 1, "{:?}", list.items);
+    let address = running[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.address.clone())
+        .unwrap();
+    let body = eventually(WITHIN, "HTTP on the alloc address", || {
+        let url = format!("http://{address}/");
+        async move {
+            let answer = reqwest::get(&url).await.ok()?;
+            (answer.status().as_u16() == 200).then_some(())?;
+            answer.text().await.ok()
+        }
+    })
+    .await;
+    assert_eq!(body.trim(), "hello");
+
+    // A dry run of a scale-up prints the diff and changes nothing.
+    std::fs::write(dir.path().join("hello.mill"), hello(&image, 2)).unwrap();
+    let deploys: Api<Deploy> = Api::namespaced(node.client(), "default");
+    let before = deploys
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    let out = mill(&node.url(""), &["deploy", "-f", file, "--dry-run"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("  hello: will be updated in place"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("nothing was changed"), "{stdout}");
+    let services: Api<Service> = Api::namespaced(node.client(), "default");
+    assert_eq!(services.get("hello").await.unwrap().spec.replicas, 1);
+    let after = deploys
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert_eq!(after, before, "a dry run makes no Deploy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mill_deploy_of_an_invalid_file_lists_the_problems_and_changes_nothing() {
+    let ctd = Containerd::start();
+    let node = MillNode::start(&ctd, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.mill");
+    std::fs::write(
+        &file,
+        "service \"hello\" {\n  image = \"x\"\n  port = 99999999\n}\n",
+    )
+    .unwrap();
+    let out = mill(&node.url(""), &["deploy", "-f", file.to_str().unwrap()]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stderr.contains("bad.mill:3:"), "{stderr}");
+    let services: Api<Service> = Api::namespaced(node.client(), "default");
+    assert!(services
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mill_deploy_says_what_to_do_when_the_cluster_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hello.mill");
+    std::fs::write(&file, hello("busybox", 1)).unwrap();
+    let address = format!("http://127.0.0.1:{}", support::free_port());
+    let out = mill(&address, &["deploy", "-f", file.to_str().unwrap()]).await;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "is mill running? tried {address}; set --address or MILL_ADDRESS"
+        )),
+        "{stderr}"
+    );
+}
