@@ -7,13 +7,14 @@ mod support;
 
 use kube::api::{Api, ListParams};
 use mill_crds::{Alloc, AllocPhase, Deploy, Service};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 use support::containerd::Containerd;
 use support::eventually;
 use support::images;
 use support::node::{MillNode, TOKEN};
 use support::registry::Registry;
+use tokio::process::Command;
 
 /// Generous bound for anything container-related on a loaded 2-core CI machine.
 const WITHIN: Duration = Duration::from_secs(90);
@@ -39,15 +40,18 @@ fn hello(image: &str, replicas: u32) -> String {
     )
 }
 
+/// Runs the CLI; a run that outlives [`WITHIN`] is killed and fails the test.
 async fn mill(address: &str, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mill"));
     command
         .args(["--address", address, "--token", TOKEN])
         .args(args)
         .env_remove("MILL_ADDRESS")
-        .env_remove("MILL_TOKEN");
-    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .env_remove("MILL_TOKEN")
+        .kill_on_drop(true);
+    tokio::time::timeout(WITHIN, command.output())
         .await
+        .unwrap_or_else(|_| panic!("mill {args:?} did not finish within {WITHIN:?}"))
         .unwrap()
 }
 
@@ -85,6 +89,7 @@ async fn mill_deploy_prints_the_phases_and_the_service_answers_http() {
     let node = MillNode::start(
         &ctd,
         &[
+            ("MILL_RUN_CONTROLLERS", "1"),
             ("MILL_WATCHDOG_TICK_MS", "200"),
             ("MILL_PORT_RANGE", &ports),
         ],
