@@ -21,10 +21,15 @@ const WITHIN: Duration = Duration::from_secs(90);
 
 /// `examples/hello.mill`'s shape, with `image` and `replicas` filled in.
 fn hello(image: &str, replicas: u32) -> String {
+    hello_saying(image, replicas, "hello")
+}
+
+/// [`hello`] serving `greeting`.
+fn hello_saying(image: &str, replicas: u32, greeting: &str) -> String {
     format!(
         r#"service "hello" {{
   image    = "{image}"
-  command  = ["/bin/sh", "-c", "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p $PORT -h /www"]
+  command  = ["/bin/sh", "-c", "mkdir -p /www && echo {greeting} > /www/index.html && exec httpd -f -p $PORT -h /www"]
   port     = 8080
   replicas = {replicas}
   cpu      = 0.1
@@ -92,6 +97,8 @@ async fn mill_deploy_prints_the_phases_and_the_service_answers_http() {
             ("MILL_RUN_CONTROLLERS", "1"),
             ("MILL_WATCHDOG_TICK_MS", "200"),
             ("MILL_PORT_RANGE", &ports),
+            // httpd as PID 1 ignores SIGTERM: keep the old instance's stop short.
+            ("MILL_STOP_GRACE_MS", "1000"),
         ],
     )
     .await;
@@ -176,6 +183,91 @@ async fn mill_deploy_prints_the_phases_and_the_service_answers_http() {
         .items
         .len();
     assert_eq!(after, before, "a dry run makes no Deploy");
+
+    // A new revision rolls out: the new instance comes up, the old one is stopped.
+    std::fs::write(
+        dir.path().join("hello.mill"),
+        hello_saying(&image, 1, "hello-v2"),
+    )
+    .unwrap();
+    let out = mill(&node.url(""), &["deploy", "-f", file]).await;
+    let (stdout, stderr) = text(&out);
+    if !out.status.success() {
+        dump(&node).await;
+    }
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("  hello: old instance stopped"), "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("deployed ("), "{stdout}");
+    let list = allocs.list(&ListParams::default()).await.unwrap();
+    let healthy: Vec<String> = list
+        .items
+        .iter()
+        .filter(|a| {
+            a.status
+                .as_ref()
+                .is_some_and(|s| s.phase == AllocPhase::Healthy)
+        })
+        .filter_map(|a| a.status.as_ref()?.address.clone())
+        .collect();
+    assert_eq!(
+        healthy.len(),
+        1,
+        "one replica after the rollout: {:?}",
+        list.items
+    );
+    let url = format!("http://{}/", healthy[0]);
+    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert_eq!(body.trim(), "hello-v2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mill_deploy_of_a_service_that_never_gets_healthy_says_failed_and_exits_1() {
+    let ctd = Containerd::start();
+    let first = 30_000 + support::free_port() % 20_000;
+    let ports = format!("{first}-{}", first + 50);
+    let node = MillNode::start(
+        &ctd,
+        &[
+            ("MILL_RUN_CONTROLLERS", "1"),
+            ("MILL_WATCHDOG_TICK_MS", "200"),
+            ("MILL_PORT_RANGE", &ports),
+        ],
+    )
+    .await;
+    let archive = images::build(&images::unhealthy("mill.test/unhealthy:1"), ctd.dir.path());
+    node.load_image(&archive);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sick.mill");
+    std::fs::write(
+        &file,
+        r#"service "sick" {
+  image  = "mill.test/unhealthy:1"
+  port   = 8080
+  cpu    = 0.1
+  memory = "32M"
+  health {
+    path     = "/health"
+    interval = "1s"
+    timeout  = "1s"
+  }
+  update {
+    health_timeout = "2s"
+  }
+}
+"#,
+    )
+    .unwrap();
+    let out = mill(&node.url(""), &["deploy", "-f", file.to_str().unwrap()]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("  sick: failed: "), "{stdout}");
+    assert!(!stdout.contains("  sick: healthy"), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("deploy failed"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
