@@ -32,7 +32,7 @@ use mill_crds::{Alloc, AllocPhase};
 use reconcile::{Action, Found, Placed, Supervised};
 use runtime::Containerd;
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use supervisor::{Start, LABEL_PORT, LABEL_UID};
 use tokio::sync::{mpsc, watch, Notify};
@@ -156,6 +156,8 @@ async fn run(
 
     let mut marked: HashSet<String> = HashSet::new();
     let mut waiting: HashSet<String> = HashSet::new();
+    // Allocs whose supervisor finished: their terminal status may not be in the cache yet.
+    let mut ended: BTreeSet<String> = BTreeSet::new();
     loop {
         let by_uid: HashMap<String, Arc<Alloc>> = reader
             .state()
@@ -170,7 +172,7 @@ async fn run(
             .iter()
             .map(|(uid, h)| (uid.clone(), h.supervised.clone()))
             .collect();
-        for action in reconcile::plan(&placed, &supervised) {
+        for action in reconcile::plan(&placed, &supervised, &ended) {
             match action {
                 Action::Start(uid) => {
                     let Some(alloc) = by_uid.get(&uid) else {
@@ -234,11 +236,13 @@ async fn run(
         }
         marked.retain(|uid| by_uid.contains_key(uid));
         waiting.retain(|uid| by_uid.contains_key(uid) && !handles.contains_key(uid));
+        ended.retain(|uid| placed.get(uid).is_some_and(|p| !p.phase.is_terminal()));
         tokio::select! {
             _ = wake.notified() => {}
             finished = done_rx.recv() => {
                 if let Some(uid) = finished {
                     handles.remove(&uid);
+                    ended.insert(uid);
                 }
             }
             _ = tokio::time::sleep(ctx.config.timings.resync) => {}

@@ -3,7 +3,7 @@
 
 use crate::ports::PortsInUse;
 use mill_crds::{AllocPhase, DesiredState, OwnerKind};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// An alloc placed on this node, as the plan sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,10 +66,13 @@ fn wants_running(p: &Placed) -> bool {
 }
 
 /// The plan for one round. `placed` are the allocs on this node by uid; `supervised`
-/// what runs. Starts are ordered by uid so the plan is deterministic.
+/// what runs; `ended` the allocs whose supervisor already finished (and wrote a terminal
+/// phase the watch may not have delivered yet): they are never started or marked again.
+/// Starts are ordered by uid so the plan is deterministic.
 pub fn plan(
     placed: &BTreeMap<String, Placed>,
     supervised: &BTreeMap<String, Supervised>,
+    ended: &BTreeSet<String>,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     let mut ports = PortsInUse::default();
@@ -83,7 +86,7 @@ pub fn plan(
         }
     }
     for (uid, p) in placed {
-        if supervised.contains_key(uid) {
+        if supervised.contains_key(uid) || ended.contains(uid) {
             continue;
         }
         if !wants_running(p) {
@@ -292,8 +295,24 @@ mod tests {
                 .into_iter()
                 .map(|(u, s)| (u.to_string(), s))
                 .collect();
-            assert_eq!(plan(&placed, &supervised), want, "{name}");
+            assert_eq!(plan(&placed, &supervised, &BTreeSet::new()), want, "{name}");
         }
+    }
+
+    #[test]
+    fn an_ended_alloc_is_not_started_again_while_the_watch_lags() {
+        let placed: BTreeMap<String, Placed> = [
+            placed("svc", RUN, Pulling, Some(20001)),
+            Placed {
+                kind: OwnerKind::Task,
+                ..placed("job", RUN, Healthy, Some(20002))
+            },
+        ]
+        .into_iter()
+        .map(|p| (p.uid.clone(), p))
+        .collect();
+        let ended: BTreeSet<String> = ["svc".to_string(), "job".to_string()].into();
+        assert_eq!(plan(&placed, &BTreeMap::new(), &ended), vec![]);
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub async fn supervise(
     sup.cleanup().await;
     let now = status::now();
     let patch = match outcome {
+        // A failure verdict a controller wrote (e.g. a task timeout) stands.
+        Outcome::Stopped(code) if sup.failed_by_controller().await => json!({
+            "finishedAt": now, "exitCode": code,
+        }),
         Outcome::Stopped(code) => json!({
             "phase": AllocPhase::Stopped, "finishedAt": now, "exitCode": code,
         }),
@@ -118,6 +122,17 @@ impl Supervisor {
 
     fn host_port(&self) -> u16 {
         self.alloc.spec.host_port.unwrap_or_default()
+    }
+
+    /// Whether the alloc's current status (not this supervisor's copy) says failed.
+    async fn failed_by_controller(&self) -> bool {
+        let api: Api<Alloc> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        api.get_opt(&self.alloc.name_any())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|a| a.status)
+            .is_some_and(|s| s.phase == AllocPhase::Failed)
     }
 
     async fn status(&self, patch: serde_json::Value) {
@@ -378,7 +393,10 @@ impl Supervisor {
 
     /// SIGTERM, then SIGKILL after the stop grace.
     async fn stop_gracefully(&self) -> Outcome {
-        self.status(json!({"phase": AllocPhase::Stopping})).await;
+        // A controller's failure verdict (a task timeout) is not overwritten by `stopping`.
+        if !self.failed_by_controller().await {
+            self.status(json!({"phase": AllocPhase::Stopping})).await;
+        }
         let rt = &self.ctx.runtime;
         if let Err(e) = rt.task_kill(&self.id, 15).await {
             tracing::warn!("cannot SIGTERM {}: {e}", self.id);

@@ -22,6 +22,9 @@ pub struct Knobs {
     /// `MILL_LOG_POLL_MS` (100), `MILL_LOG_JANITOR_MS` (60000), `MILL_AGENT_RESYNC_MS`
     /// (10000), `MILL_CONTAINERD_RETRY_MS` (2000).
     pub agent: mill_agent::Timings,
+    /// `MILL_RUN_CONTROLLERS` (1): `0` keeps the controllers off on this node even while it
+    /// leads (tests that play the scheduler themselves, e.g. the agent's end-to-end tests).
+    pub run_controllers: bool,
     /// `MILL_NETNS_PATH` (unset): the network namespace containers join.
     pub netns_path: Option<std::path::PathBuf>,
     /// `MILL_WATCHDOG_TICK_MS` (1000): the controllers re-plan at least this often.
@@ -52,6 +55,7 @@ impl Knobs {
                 resync: millis("MILL_AGENT_RESYNC_MS", 10_000)?,
                 containerd_retry: millis("MILL_CONTAINERD_RETRY_MS", 2000)?,
             },
+            run_controllers: var::<u8>("MILL_RUN_CONTROLLERS", 1)? != 0,
             netns_path: std::env::var_os("MILL_NETNS_PATH")
                 .filter(|p| !p.is_empty())
                 .map(std::path::PathBuf::from),

@@ -15,6 +15,10 @@ pub(crate) fn follow(
     knobs: &Knobs,
     port_range: mill_agent::PortRange,
 ) -> JoinHandle<()> {
+    if !knobs.run_controllers {
+        tracing::info!("controllers disabled on this node (MILL_RUN_CONTROLLERS=0)");
+        return tokio::spawn(async {});
+    }
     let mut controller_knobs = knobs.controllers.clone();
     controller_knobs.port_range = port_range.first..=port_range.last;
     let pacing = mill_controllers::runtime::Pacing {

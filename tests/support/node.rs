@@ -84,6 +84,9 @@ impl MillNode {
             .env("MILL_HEARTBEAT_INTERVAL_MS", "500")
             .env("MILL_AGENT_RESYNC_MS", "1000")
             .env("MILL_CONTAINERD_RETRY_MS", "500")
+            // The tests place allocs themselves, as the scheduler will; the controllers
+            // would stop allocs whose Service they do not know. A test may turn them on.
+            .env("MILL_RUN_CONTROLLERS", "0")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info,openraft=error")
             .stdin(Stdio::null())
@@ -200,15 +203,23 @@ impl MillNode {
         check: impl Fn(&AllocStatus) -> bool,
     ) -> AllocStatus {
         let api = self.allocs();
-        eventually(within, &format!("alloc {name}: {what}"), || {
-            let api = api.clone();
-            let check = &check;
-            async move {
-                let status = api.get(name).await.ok()?.status?;
-                check(&status).then_some(status)
+        let deadline = std::time::Instant::now() + within;
+        let mut last = None;
+        loop {
+            if let Ok(alloc) = api.get(name).await {
+                if let Some(status) = alloc.status {
+                    if check(&status) {
+                        return status;
+                    }
+                    last = Some(status);
+                }
             }
-        })
-        .await
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {within:?} waiting for alloc {name}: {what}; last status: {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits for `phase`.
