@@ -17,7 +17,7 @@ use crate::{deploy, drain, gc, nodes, rollout, scheduler, tasks, SERVICE_FINALIZ
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use mill_crds::{Alloc, Deploy, Node, Service, Volume};
@@ -179,13 +179,11 @@ fn rv_in<K>(store: &Store<K>, key: &ObjectKey) -> Option<u64>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
-    store
-        .state()
-        .iter()
-        .find(|o| {
-            o.meta().name.as_deref() == Some(&key.name) && namespace_of(o.meta()) == key.namespace
-        })
-        .map(|o| resource_version(o.meta()))
+    let mut reference = ObjectRef::new(&key.name);
+    if !key.namespace.is_empty() {
+        reference = reference.within(&key.namespace);
+    }
+    store.get(&reference).map(|o| resource_version(o.meta()))
 }
 
 fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
@@ -267,10 +265,8 @@ impl Loop {
         self.probing.remove(&key);
         let started_at = self
             .caches
-            .view()
             .allocs
-            .iter()
-            .find(|a| ObjectKey::of(&a.metadata) == key)
+            .get(&ObjectRef::new(&key.name).within(&key.namespace))
             .and_then(|a| a.status.as_ref()?.started_at.as_ref().map(|t| t.0))
             .unwrap_or(at);
         let state = self
