@@ -1,5 +1,6 @@
 //! `POST /v1/deploy` against a live store (no controllers): bad configs change nothing,
-//! a good one is one transaction, a dry run only answers the diff.
+//! a good one is one transaction, a dry run only answers the diff; and the CLI's
+//! `apply` of manifests, `--detach` and token errors.
 
 mod common;
 
@@ -164,4 +165,93 @@ async fn dry_run_answers_the_diff_and_changes_nothing() {
     assert_eq!(count(&h, "mill.dev/services"), 0);
     assert_eq!(count(&h, "mill.dev/deploys"), 0);
     assert_eq!(h.store.applied_rv(), before);
+}
+
+fn mill_cli(h: &Harness, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mill"))
+        .args(["--address", &h.url, "--token", TOKEN])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mill_apply_of_a_manifest_creates_then_replaces_through_the_kubernetes_api() {
+    let h = Harness::start();
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello.yaml");
+    let out = mill_cli(&h, &["apply", "-f", manifest]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "service/hello created");
+    let first = h
+        .stored("mill.dev/services", Some("default"), "hello")
+        .unwrap();
+    assert_eq!(first["spec"]["port"], 8080);
+
+    let changed = std::fs::read_to_string(manifest)
+        .unwrap()
+        .replace("replicas: 1", "replicas: 3");
+    let path = h.write("hello.yaml", &changed);
+    let out = mill_cli(&h, &["apply", "-f", path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "service/hello configured");
+    let second = h
+        .stored("mill.dev/services", Some("default"), "hello")
+        .unwrap();
+    assert_eq!(second["spec"]["replicas"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mill_deploy_with_a_wrong_token_says_how_to_pass_one() {
+    let h = Harness::start();
+    let path = h.write("mill.conf", HELLO);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mill"))
+        .args(["--address", &h.url, "--token", "wrong", "deploy", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("set MILL_TOKEN or pass --token"),
+        "{stderr}"
+    );
+    assert_eq!(count(&h, "mill.dev/services"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mill_deploy_detach_returns_once_the_deploy_is_stored() {
+    let h = Harness::start();
+    let path = h.write("mill.conf", HELLO);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mill"))
+        .args([
+            "--address",
+            &h.url,
+            "--token",
+            TOKEN,
+            "deploy",
+            "--detach",
+            "-f",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&h, "mill.dev/deploys"), 1);
+    assert!(h
+        .stored("mill.dev/services", Some("default"), "hello")
+        .is_some());
 }
