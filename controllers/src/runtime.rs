@@ -222,6 +222,7 @@ impl Loop {
     async fn run(&mut self) {
         self.caches.ready().await;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ProbeDone>();
+        let mut previous: Vec<Action> = Vec::new();
         loop {
             while let Ok((key, result, at)) = done_rx.try_recv() {
                 self.record(key, &result, at);
@@ -245,13 +246,17 @@ impl Loop {
             actions.extend(tasks::plan(&view, now));
             actions.extend(gc::plan(&view, now, &self.knobs));
             actions.extend(deploy::plan(&view, now, &self.knobs));
+            // The same plan twice in a row means the last writes did not change what the
+            // planners see (e.g. a field the API drops): wait for news instead of spinning.
+            let repeated = actions == previous;
+            previous.clone_from(&actions);
             let written = self.writer.apply(&view, actions).await;
             self.see(&written).await;
             let wait = health
                 .next_wake
                 .map(|at| crate::view::elapsed(Timestamp::now(), at))
                 .map_or(self.pacing.tick, |d| d.min(self.pacing.tick));
-            if written.is_empty() {
+            if written.is_empty() || repeated {
                 tokio::select! {
                     () = self.wake.notified() => {}
                     Some((key, result, at)) = done_rx.recv() => self.record(key, &result, at),
