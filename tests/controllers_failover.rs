@@ -118,3 +118,36 @@ async fn a_new_leader_runs_the_controllers_after_the_old_one_dies() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_posted_to_a_follower_is_committed_and_its_stream_follows_the_leader() {
+    let cluster = Cluster::start(3, &[("MILL_HEARTBEAT_TIMEOUT_MS", "600000")]).await;
+    let leader = eventually(WITHIN, "a leader", || cluster.leader()).await;
+    eventually(WITHIN, "three nodes marked ready", || {
+        heartbeat_all(&cluster, leader)
+    })
+    .await;
+    let follower = (leader + 1) % 3;
+    let config = "service \"web\" {\n  image = \"busybox\"\n  port = 8080\n  cpu = 0.1\n  memory = \"32M\"\n}\n";
+    let mut answer = cluster
+        .http
+        .post(cluster.nodes[follower].url("/v1/deploy"))
+        .bearer_auth(TOKEN)
+        .body(config)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    // The leader's deploy controller writes the first event; the follower streams it.
+    let mut text = String::new();
+    while !text.contains("data: {\"phase\":\"started\"}") {
+        let chunk = tokio::time::timeout(WITHIN, answer.chunk())
+            .await
+            .expect("the stream's first event within the deadline")
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.starts_with("event: progress\n"), "{text}");
+    eventually(WITHIN, "web placed", || placed(&cluster, follower, "web")).await;
+}
