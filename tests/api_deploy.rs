@@ -232,26 +232,18 @@ async fn mill_deploy_with_a_wrong_token_says_how_to_pass_one() {
 async fn mill_deploy_detach_returns_once_the_deploy_is_stored() {
     let h = Harness::start();
     let path = h.write("mill.conf", HELLO);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mill"))
-        .args([
-            "--address",
-            &h.url,
-            "--token",
-            TOKEN,
-            "deploy",
-            "--detach",
-            "-f",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = mill_cli(&h, &["deploy", "--detach", "-f", path.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(count(&h, "mill.dev/deploys"), 1);
     assert!(h
         .stored("mill.dev/services", Some("default"), "hello")
         .is_some());
+    let deploys = h.store.list("mill.dev/deploys", None).0;
+    assert_eq!(deploys.len(), 1);
+    let name = deploys[0]["metadata"]["name"].as_str().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with(&format!("{name} started")), "{stdout}");
 }

@@ -85,7 +85,13 @@ pub fn deploy(args: &DeployArgs<'_>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         if args.detach {
-            println!("deploy started; it goes on in the cluster (see: mill get deploys)");
+            let name = answer
+                .headers()
+                .get("x-mill-deploy")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("deploy")
+                .to_string();
+            println!("{name} started; it goes on in the cluster (see: mill get deploy {name})");
             return Ok(ExitCode::SUCCESS);
         }
         follow(answer).await

@@ -14,7 +14,7 @@ use crate::api::{objects, ApiState};
 use crate::config::{self, ClusterSnapshot, Config, ServiceChange, TaskChange};
 use crate::store::{Key, Op, Part, Store, StoreError, Txn};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use mill_crds::{Deploy, DeployChange, DeployPhase, Node, Service, ServiceSpec, Task, TaskSpec};
@@ -28,6 +28,8 @@ const TASKS: &str = "mill.dev/tasks";
 const DEPLOYS: &str = "mill.dev/deploys";
 const NODES: &str = "mill.dev/nodes";
 const SECRETS: &str = "/secrets";
+/// Response header of the SSE answer: the Deploy's name, to find it later.
+pub(crate) const DEPLOY_HEADER: &str = "x-mill-deploy";
 
 /// The query of `POST /v1/deploy`.
 #[derive(Debug, Deserialize)]
@@ -357,6 +359,7 @@ fn store_error(err: &StoreError) -> Response {
 
 /// The SSE answer: the Deploy's events as they appear, then one `done`.
 fn stream(store: Store, key: Key, from: u64) -> Response {
+    let name = key.name.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         // Ends when the deploy does, or when the client goes (a send fails).
@@ -365,9 +368,13 @@ fn stream(store: Store, key: Key, from: u64) -> Response {
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
-    Sse::new(events)
+    let mut response = Sse::new(events)
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response();
+    if let Ok(name) = HeaderValue::from_str(&name) {
+        response.headers_mut().insert(DEPLOY_HEADER, name);
+    }
+    response
 }
 
 /// Sends every event of the Deploy at `key` not sent yet, until it ends.
