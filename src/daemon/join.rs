@@ -27,6 +27,9 @@ pub struct JoinRequest {
     pub api_address: String,
     /// A name the operator chose (`--node-name`), else `node-N`.
     pub node_name: Option<String>,
+    /// Its `--port-range`, published on its Node object for the scheduler.
+    #[serde(default)]
+    pub port_range: Option<mill_crds::PortRange>,
 }
 
 /// `POST /v1/join` answer.
@@ -126,7 +129,13 @@ async fn reserve(
             .node_name
             .clone()
             .unwrap_or_else(|| format!("node-{next_id}"));
-        let object = super::node_object(&name, next_id, &req.address, &req.api_address);
+        let object = super::node_object(
+            &name,
+            next_id,
+            &req.address,
+            &req.api_address,
+            req.port_range,
+        );
         let txn = Txn {
             ops: vec![Op::Create {
                 key: Key {

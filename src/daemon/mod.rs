@@ -87,7 +87,7 @@ pub async fn init(data_dir: &Path, token: Option<String>, args: DaemonArgs) -> a
         .await
         .context("cannot bootstrap the cluster")?;
     wait_for_leader(&node.store, &knobs).await?;
-    ensure_node_object(&node.store, &identity).await?;
+    ensure_node_object(&node.store, &identity, args.port_range).await?;
     eprintln!(
         "To join another node: mill join {} --token {}",
         identity.advertised_api(),
@@ -113,6 +113,7 @@ pub async fn join(
                 address: advertise.clone(),
                 api_address: format!("{advertise}:{api_port}"),
                 node_name: args.node_name.clone(),
+                port_range: Some(crd_port_range(args.port_range)),
             };
             let grant: join::JoinGrant = join::call(member, "/v1/join", token, &request).await?;
             let identity = Identity {
@@ -290,7 +291,11 @@ async fn wait_for_leader(store: &Store, knobs: &Knobs) -> anyhow::Result<()> {
 }
 
 /// Creates this node's Node object if it does not exist yet.
-async fn ensure_node_object(store: &Store, identity: &Identity) -> anyhow::Result<()> {
+async fn ensure_node_object(
+    store: &Store,
+    identity: &Identity,
+    port_range: mill_agent::PortRange,
+) -> anyhow::Result<()> {
     let key = Key {
         resource: NODES.to_string(),
         namespace: None,
@@ -304,6 +309,7 @@ async fn ensure_node_object(store: &Store, identity: &Identity) -> anyhow::Resul
         identity.node_id,
         &identity.advertise,
         &identity.advertised_api(),
+        Some(crd_port_range(port_range)),
     );
     let txn = Txn {
         ops: vec![Op::Create { key, object }],
@@ -315,14 +321,24 @@ async fn ensure_node_object(store: &Store, identity: &Identity) -> anyhow::Resul
     }
 }
 
-/// A new Node object as the proposer must write it (uid and creation time set).
+/// `--port-range` as the Node object publishes it to the scheduler.
+fn crd_port_range(range: mill_agent::PortRange) -> mill_crds::PortRange {
+    mill_crds::PortRange {
+        first: range.first,
+        last: range.last,
+    }
+}
+
+/// A new Node object as the proposer must write it (uid and creation time set); the
+/// scheduler picks host ports from `port_range` (the cluster default when absent).
 pub(crate) fn node_object(
     name: &str,
     raft_id: u64,
     address: &str,
     api_address: &str,
+    port_range: Option<mill_crds::PortRange>,
 ) -> serde_json::Value {
-    serde_json::json!({
+    let mut object = serde_json::json!({
         "apiVersion": "mill.dev/v1",
         "kind": "Node",
         "metadata": {
@@ -335,7 +351,11 @@ pub(crate) fn node_object(
             "address": address,
             "apiAddress": api_address,
         }
-    })
+    });
+    if let Some(range) = port_range {
+        object["spec"]["portRange"] = serde_json::json!(range);
+    }
+    object
 }
 
 /// The current time as Kubernetes writes it: RFC 3339, UTC, whole seconds.

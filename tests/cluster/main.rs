@@ -301,3 +301,39 @@ async fn secret_plaintext_never_reaches_the_data_dirs() {
     }
     assert!(hits.is_empty(), "secret plaintext found in {hits:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_member_publishes_its_port_range_on_its_node_object() {
+    let cluster = Cluster::start(2, &[("MILL_PORT_RANGE", "21000-21099")]).await;
+    let url = cluster.nodes[1].url("/apis/mill.dev/v1/nodes");
+    let nodes: Value = cluster
+        .http
+        .get(url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut seen: Vec<(String, Value)> = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["metadata"]["name"].as_str().unwrap().to_string(),
+                n["spec"]["portRange"].clone(),
+            )
+        })
+        .collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    let range = json!({"first": 21000, "last": 21099});
+    assert_eq!(
+        seen,
+        vec![
+            ("node-1".to_string(), range.clone()),
+            ("node-2".to_string(), range)
+        ]
+    );
+}
