@@ -159,15 +159,7 @@ async fn run(
     // Allocs whose supervisor finished: their terminal status may not be in the cache yet.
     let mut ended: BTreeSet<String> = BTreeSet::new();
     loop {
-        let by_uid: HashMap<String, Arc<Alloc>> = reader
-            .state()
-            .into_iter()
-            .filter_map(|a| Some((a.metadata.uid.clone()?, a)))
-            .collect();
-        let placed: BTreeMap<String, Placed> = by_uid
-            .iter()
-            .map(|(uid, a)| (uid.clone(), placed(uid, a)))
-            .collect();
+        let (by_uid, placed) = placed_allocs(&reader);
         let supervised: BTreeMap<String, Supervised> = handles
             .iter()
             .map(|(uid, h)| (uid.clone(), h.supervised.clone()))
@@ -278,15 +270,7 @@ async fn adopt(
             return;
         }
     };
-    let by_uid: HashMap<String, Arc<Alloc>> = reader
-        .state()
-        .into_iter()
-        .filter_map(|a| Some((a.metadata.uid.clone()?, a)))
-        .collect();
-    let placed: BTreeMap<String, Placed> = by_uid
-        .iter()
-        .map(|(uid, a)| (uid.clone(), placed(uid, a)))
-        .collect();
+    let (by_uid, placed) = placed_allocs(reader);
     let found: Vec<String> = containers
         .iter()
         .filter_map(|c| c.labels.get(LABEL_UID).cloned())
@@ -351,6 +335,22 @@ async fn adopt(
 }
 
 /// Enforces the log limits every `log_janitor`.
+/// This node's Allocs from the reflector, by uid, and what the planner needs of each.
+fn placed_allocs(
+    reader: &reflector::Store<Alloc>,
+) -> (HashMap<String, Arc<Alloc>>, BTreeMap<String, Placed>) {
+    let by_uid: HashMap<String, Arc<Alloc>> = reader
+        .state()
+        .into_iter()
+        .filter_map(|a| Some((a.metadata.uid.clone()?, a)))
+        .collect();
+    let placed = by_uid
+        .iter()
+        .map(|(uid, a)| (uid.clone(), placed(uid, a)))
+        .collect();
+    (by_uid, placed)
+}
+
 async fn janitor(ctx: Arc<Ctx>, reader: reflector::Store<Alloc>) {
     let mut tick = tokio::time::interval(ctx.config.timings.log_janitor);
     loop {
