@@ -28,6 +28,8 @@ pub const LABEL_NAME: &str = "mill.dev/alloc-name";
 pub const LABEL_NAMESPACE: &str = "mill.dev/alloc-namespace";
 /// The host port it holds.
 pub const LABEL_PORT: &str = "mill.dev/host-port";
+/// How long the lease guarding a new container's snapshot lives if the agent dies mid-way.
+const SETUP_LEASE_TTL: Duration = Duration::from_secs(300);
 
 /// How a supervisor begins.
 #[derive(Debug, Clone)]
@@ -309,7 +311,31 @@ impl Supervisor {
         let failed = |what: &str, e: RuntimeError| Outcome::Failed(format!("{what}: {e}"), None);
         // A leftover container of the same alloc (a crash between create and record).
         self.remove_container().await;
-        rt.snapshot_prepare(None, &self.id, &unpacked.chain_id)
+        // Until the container record references it, the new snapshot is garbage to
+        // containerd's collector; a lease holds it across the gap.
+        let lease = rt
+            .lease_create(SETUP_LEASE_TTL)
+            .await
+            .map_err(|e| failed("cannot take a containerd lease", e))?;
+        let created = self
+            .create_container(&lease, &image_name, &unpacked.chain_id, spec)
+            .await;
+        rt.lease_delete(&lease).await;
+        created?;
+        self.start_task().await
+    }
+
+    /// The alloc's root filesystem snapshot and container record, made under `lease`.
+    async fn create_container(
+        &self,
+        lease: &str,
+        image_name: &str,
+        chain_id: &str,
+        spec: Vec<u8>,
+    ) -> Result<(), Outcome> {
+        let rt = &self.ctx.runtime;
+        let failed = |what: &str, e: RuntimeError| Outcome::Failed(format!("{what}: {e}"), None);
+        rt.snapshot_prepare(Some(lease), &self.id, chain_id)
             .await
             .map_err(|e| failed("cannot prepare the root filesystem", e))?;
         let labels = HashMap::from([
@@ -321,10 +347,9 @@ impl Supervisor {
             (LABEL_NAMESPACE.to_string(), self.namespace.clone()),
             (LABEL_PORT.to_string(), self.host_port().to_string()),
         ]);
-        rt.container_create(&self.id, &image_name, spec, labels)
+        rt.container_create(&self.id, image_name, spec, labels)
             .await
-            .map_err(|e| failed("cannot create the container", e))?;
-        self.start_task().await
+            .map_err(|e| failed("cannot create the container", e))
     }
 
     /// A new task in the existing container (in-place restart).
