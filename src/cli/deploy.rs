@@ -4,7 +4,9 @@
 //! printed one line per step (SPEC §8). `mill apply` of a `.yaml`/`.json` manifest of mill
 //! kinds goes to the Kubernetes-shaped API instead (create, or replace what exists).
 
+use super::client::{Client, ClientError};
 use anyhow::Context;
+use reqwest::Method;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -28,33 +30,28 @@ pub struct DeployArgs<'a> {
 
 /// `mill deploy`, and `mill apply` of a `.mill` file.
 pub fn deploy(args: &DeployArgs<'_>) -> anyhow::Result<ExitCode> {
-    let token = token(args.token)?;
+    let client = Client::new(args.address, args.token)?;
     let source = std::fs::read_to_string(args.file).with_context(|| {
         format!(
             "cannot read {}; pass the config with -f FILE",
             args.file.display()
         )
     })?;
-    let base = args.address.trim_end_matches('/');
     let file_name = args.file.display().to_string();
     tokio::runtime::Runtime::new()?.block_on(async {
-        let client = reqwest::Client::new();
         let mut query = vec![("namespace", args.namespace), ("file", file_name.as_str())];
         if args.dry_run {
             query.push(("dryRun", "true"));
         }
-        let answer = client
-            .post(format!("{base}/v1/deploy"))
+        let request = client
+            .request(Method::POST, "/v1/deploy")
             .query(&query)
-            .bearer_auth(token)
             .header(reqwest::header::CONTENT_TYPE, "text/plain")
-            .body(source)
-            .send()
-            .await
-            .map_err(|e| unreachable(base, &e))?;
+            .body(source);
+        let answer = client.send_raw(request).await?;
         match answer.status().as_u16() {
             200 => {}
-            401 => anyhow::bail!("the cluster refused the token: set MILL_TOKEN or pass --token"),
+            401 => return Err(ClientError::Unauthorized.into()),
             400 => {
                 let body: Value = answer.json().await.unwrap_or_default();
                 eprintln!(
@@ -96,16 +93,6 @@ pub fn deploy(args: &DeployArgs<'_>) -> anyhow::Result<ExitCode> {
         }
         follow(answer).await
     })
-}
-
-fn token(token: Option<&str>) -> anyhow::Result<&str> {
-    token.ok_or_else(|| anyhow::anyhow!("no cluster token: set MILL_TOKEN or pass --token"))
-}
-
-fn unreachable(base: &str, err: &reqwest::Error) -> anyhow::Error {
-    anyhow::anyhow!(
-        "cannot reach the cluster ({err}): is mill running? tried {base}; set --address or MILL_ADDRESS"
-    )
 }
 
 fn print_diff(body: &Value) {
@@ -236,7 +223,7 @@ pub fn apply(args: &DeployArgs<'_>) -> anyhow::Result<ExitCode> {
     if !matches!(extension, "yaml" | "yml" | "json") {
         return deploy(args);
     }
-    let token = token(args.token)?;
+    let client = Client::new(args.address, args.token)?;
     let text = std::fs::read_to_string(args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let mut objects = Vec::new();
@@ -248,23 +235,15 @@ pub fn apply(args: &DeployArgs<'_>) -> anyhow::Result<ExitCode> {
         }
         objects.push(serde_json::to_value(value)?);
     }
-    let base = args.address.trim_end_matches('/');
     tokio::runtime::Runtime::new()?.block_on(async {
-        let client = reqwest::Client::new();
         for object in objects {
-            apply_object(&client, base, token, args.namespace, object).await?;
+            apply_object(&client, args.namespace, object).await?;
         }
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn apply_object(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    namespace: &str,
-    mut object: Value,
-) -> anyhow::Result<()> {
+async fn apply_object(client: &Client, namespace: &str, mut object: Value) -> anyhow::Result<()> {
     let api_version = object["apiVersion"]
         .as_str()
         .unwrap_or_default()
@@ -281,46 +260,33 @@ async fn apply_object(
         .to_string();
     let plural = format!("{}s", kind.to_lowercase());
     let collection = if kind == "Node" {
-        format!("{base}/apis/mill.dev/v1/{plural}")
+        format!("/apis/mill.dev/v1/{plural}")
     } else {
         let ns = object["metadata"]["namespace"]
             .as_str()
             .unwrap_or(namespace)
             .to_string();
         object["metadata"]["namespace"] = Value::String(ns.clone());
-        format!("{base}/apis/mill.dev/v1/namespaces/{ns}/{plural}")
+        format!("/apis/mill.dev/v1/namespaces/{ns}/{plural}")
     };
     let created = client
-        .post(&collection)
-        .bearer_auth(token)
-        .json(&object)
-        .send()
-        .await
-        .map_err(|e| unreachable(base, &e))?;
+        .send_raw(client.request(Method::POST, &collection).json(&object))
+        .await?;
     let label = format!("{}/{name}", kind.to_lowercase());
     match created.status().as_u16() {
         200 | 201 => {
             println!("{label} created");
             return Ok(());
         }
-        401 => anyhow::bail!("the cluster refused the token: set MILL_TOKEN or pass --token"),
+        401 => return Err(ClientError::Unauthorized.into()),
         409 => {}
         code => anyhow::bail!("{label}: HTTP {code}: {}", status_message(created).await),
     }
     let url = format!("{collection}/{name}");
-    let current: Value = client
-        .get(&url)
-        .bearer_auth(token)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let current: Value = client.get(&url).await?;
     object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
     let replaced = client
-        .put(&url)
-        .bearer_auth(token)
-        .json(&object)
-        .send()
+        .send_raw(client.request(Method::PUT, &url).json(&object))
         .await?;
     if replaced.status().is_success() {
         println!("{label} configured");

@@ -1,31 +1,18 @@
 //! `mill image load FILE`: import an OCI archive into every live node, by posting it to
 //! each node's agent (`POST /internal/agent/images/load` on the node's API address).
 
+use super::client::Client;
 use anyhow::Context;
+use reqwest::Method;
 use std::path::Path;
 use std::process::ExitCode;
 
 /// Loads `file` into every node that is not down; exit 1 if any node failed.
 pub fn load(address: &str, token: Option<&str>, file: &Path) -> anyhow::Result<ExitCode> {
-    let token = token.ok_or_else(|| {
-        anyhow::anyhow!("mill image load needs the cluster token: pass --token or set MILL_TOKEN")
-    })?;
+    let client = Client::new(address, token)?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     tokio::runtime::Runtime::new()?.block_on(async {
-        let client = reqwest::Client::new();
-        let nodes: serde_json::Value = client
-            .get(format!(
-                "{}/apis/mill.dev/v1/nodes",
-                address.trim_end_matches('/')
-            ))
-            .bearer_auth(token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the cluster at {address}"))?
-            .error_for_status()
-            .context("cannot list the nodes")?
-            .json()
-            .await?;
+        let nodes: serde_json::Value = client.get("/apis/mill.dev/v1/nodes").await?;
         let mut failed = false;
         let items = nodes["items"].as_array().cloned().unwrap_or_default();
         for node in items {
@@ -37,9 +24,9 @@ pub fn load(address: &str, token: Option<&str>, file: &Path) -> anyhow::Result<E
             let Some(api) = node["spec"]["apiAddress"].as_str() else {
                 continue;
             };
-            let answer = client
-                .post(format!("http://{api}/internal/agent/images/load"))
-                .bearer_auth(token)
+            let node_client = client.at(&format!("http://{api}"));
+            let answer = node_client
+                .request(Method::POST, "/internal/agent/images/load")
                 .body(bytes.clone())
                 .send()
                 .await;

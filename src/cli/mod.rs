@@ -1,5 +1,6 @@
 //! The `mill` command line: argument parsing and one module per client command.
 
+mod client;
 mod crds;
 mod deploy;
 mod image;
