@@ -40,6 +40,7 @@ pub mod drain;
 pub mod gc;
 pub mod health;
 pub mod knobs;
+pub mod metrics;
 pub mod nodes;
 pub mod rollout;
 pub mod runtime;

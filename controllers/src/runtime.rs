@@ -12,6 +12,7 @@
 use crate::action::Action;
 use crate::health::{self, Probe, ProbeResult, ProbeState};
 use crate::knobs::Knobs;
+use crate::metrics::Metrics;
 use crate::view::{resource_version, ObjectKey, Routing, View};
 use crate::{deploy, drain, gc, nodes, rollout, scheduler, tasks, SERVICE_FINALIZER};
 use futures::StreamExt;
@@ -52,6 +53,16 @@ pub struct Pacing {
 /// stop them (the daemon does when this node stops being the leader): nothing is lost,
 /// everything the loop knows is in the store except the probe states, which restart.
 pub async fn run(client: Client, knobs: Knobs, pacing: Pacing) -> Result<(), RunError> {
+    run_observed(client, knobs, pacing, Metrics::default()).await
+}
+
+/// [`run`], counting its plans and failed writes in `metrics` (the node's `/metrics`).
+pub async fn run_observed(
+    client: Client,
+    knobs: Knobs,
+    pacing: Pacing,
+    metrics: Metrics,
+) -> Result<(), RunError> {
     let wake = Arc::new(Notify::new());
     let (services, services_watch) = reflect::<Service>(&client, &wake, "Service");
     let (allocs, allocs_watch) = reflect::<Alloc>(&client, &wake, "Alloc");
@@ -66,7 +77,8 @@ pub async fn run(client: Client, knobs: Knobs, pacing: Pacing) -> Result<(), Run
         deploys,
     };
     let mut loop_ = Loop {
-        writer: Writer::new(client),
+        writer: Writer::new(client, metrics.clone()),
+        metrics,
         caches,
         knobs,
         pacing,
@@ -207,6 +219,7 @@ fn newest_revision(view: &View) -> u64 {
 
 struct Loop {
     writer: Writer,
+    metrics: Metrics,
     caches: Caches,
     knobs: Knobs,
     pacing: Pacing,
@@ -249,6 +262,7 @@ impl Loop {
             // The same plan twice in a row means the last writes did not change what the
             // planners see (e.g. a field the API drops): wait for news instead of spinning.
             let repeated = actions == previous;
+            self.metrics.reconciled(actions.len());
             previous.clone_from(&actions);
             let written = self.writer.apply(&view, actions).await;
             self.see(&written).await;
@@ -350,6 +364,7 @@ struct Written {
 /// Turns Actions into API writes.
 struct Writer {
     client: Client,
+    metrics: Metrics,
 }
 
 /// What applying one action came to.
@@ -362,8 +377,8 @@ enum Outcome {
 }
 
 impl Writer {
-    fn new(client: Client) -> Writer {
-        Writer { client }
+    fn new(client: Client, metrics: Metrics) -> Writer {
+        Writer { client, metrics }
     }
 
     /// Applies `actions` in order; returns the writes made.
@@ -374,7 +389,10 @@ impl Writer {
                 Ok(Outcome::Wrote(w)) => written.push(w),
                 Ok(Outcome::Nothing) => {}
                 Ok(Outcome::Conflict) => break,
-                Err(err) => tracing::warn!("controllers: {action:?} failed: {err}"),
+                Err(err) => {
+                    self.metrics.write_failed();
+                    tracing::warn!("controllers: {action:?} failed: {err}");
+                }
             }
         }
         written
