@@ -35,6 +35,7 @@
 //! for the store, so its loop owns a map of [`health::ProbeState`] and feeds it in.
 
 pub mod action;
+pub mod barrier;
 pub mod deploy;
 pub mod drain;
 pub mod gc;
@@ -47,6 +48,7 @@ pub mod runtime;
 pub mod scheduler;
 pub mod tasks;
 pub mod view;
+pub mod vip;
 
 #[cfg(test)]
 mod fixtures;

@@ -10,11 +10,12 @@
 //! The health loop's probe states live here, in the one task that owns them.
 
 use crate::action::Action;
+use crate::barrier::{Barrier, Tables};
 use crate::health::{self, Probe, ProbeResult, ProbeState};
 use crate::knobs::Knobs;
 use crate::metrics::Metrics;
 use crate::view::{resource_version, ObjectKey, Routing, View};
-use crate::{deploy, drain, gc, nodes, rollout, scheduler, tasks, SERVICE_FINALIZER};
+use crate::{deploy, drain, gc, nodes, rollout, scheduler, tasks, vip, SERVICE_FINALIZER};
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -57,11 +58,26 @@ pub async fn run(client: Client, knobs: Knobs, pacing: Pacing) -> Result<(), Run
 }
 
 /// [`run`], counting its plans and failed writes in `metrics` (the node's `/metrics`).
+///
+/// [`run`] and this credit every node's routing tables with everything
+/// ([`Barrier::Assumed`]): for tests that play the agent. The daemon uses [`run_routed`].
 pub async fn run_observed(
     client: Client,
     knobs: Knobs,
     pacing: Pacing,
     metrics: Metrics,
+) -> Result<(), RunError> {
+    run_routed(client, knobs, pacing, metrics, Barrier::Assumed).await
+}
+
+/// [`run_observed`] with the routing barrier asked of `barrier` (every live node's
+/// routing tables, over the node RPC, for the daemon).
+pub async fn run_routed(
+    client: Client,
+    knobs: Knobs,
+    pacing: Pacing,
+    metrics: Metrics,
+    barrier: Barrier,
 ) -> Result<(), RunError> {
     let wake = Arc::new(Notify::new());
     let (services, services_watch) = reflect::<Service>(&client, &wake, "Service");
@@ -77,6 +93,7 @@ pub async fn run_observed(
         deploys,
     };
     let mut loop_ = Loop {
+        barrier: Tables::new(barrier, pacing.tick, wake.clone()),
         writer: Writer::new(client, metrics.clone()),
         metrics,
         caches,
@@ -149,25 +166,14 @@ impl Caches {
     }
 
     fn view(&self) -> View {
-        let mut view = View {
+        View {
             services: self.services.state(),
             allocs: self.allocs.state(),
             nodes: self.nodes.state(),
             volumes: self.volumes.state(),
             deploys: self.deploys.state(),
             routing: Routing::default(),
-        };
-        // Routing barrier, until the networking issue lands: there are no routing tables
-        // yet, so "every live node has applied everything" holds trivially. Each node is
-        // credited with the newest revision this View has seen, which covers every object
-        // in it.
-        let revision = newest_revision(&view);
-        view.routing.applied = view
-            .nodes
-            .iter()
-            .map(|n| (n.name_any(), revision))
-            .collect();
-        view
+        }
     }
 
     /// Whether the reflectors show `write`.
@@ -202,22 +208,8 @@ fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
     meta.namespace.clone().unwrap_or_default()
 }
 
-fn newest_revision(view: &View) -> u64 {
-    let metas = view
-        .services
-        .iter()
-        .map(|o| o.meta())
-        .chain(view.allocs.iter().map(|o| o.meta()))
-        .chain(view.nodes.iter().map(|o| o.meta()))
-        .chain(view.volumes.iter().map(|o| o.meta()))
-        .chain(view.deploys.iter().map(|o| o.meta()));
-    metas
-        .filter_map(|m| m.resource_version.as_deref()?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0)
-}
-
 struct Loop {
+    barrier: Tables,
     writer: Writer,
     metrics: Metrics,
     caches: Caches,
@@ -240,7 +232,8 @@ impl Loop {
             while let Ok((key, result, at)) = done_rx.try_recv() {
                 self.record(key, &result, at);
             }
-            let view = self.caches.view();
+            let mut view = self.caches.view();
+            view.routing = self.barrier.routing(&view);
             let now = Timestamp::now();
             let health = health::plan(&view, &self.probes, now, &self.knobs);
             self.probes.retain(|key, _| {
@@ -259,6 +252,7 @@ impl Loop {
             actions.extend(tasks::plan(&view, now));
             actions.extend(gc::plan(&view, now, &self.knobs));
             actions.extend(deploy::plan(&view, now, &self.knobs));
+            actions.extend(vip::plan(&view));
             // The same plan twice in a row means the last writes did not change what the
             // planners see (e.g. a field the API drops): wait for news instead of spinning.
             let repeated = actions == previous;
