@@ -14,7 +14,8 @@
 //! - `objects`, `validation`, `patch`, `selectors`, `table` — pure helpers;
 //! - `secrets` — sealing Secret data before it reaches the store;
 //! - `status` — errors as `metav1.Status`; `auth` — the bearer token;
-//! - `v1` — mill's own `/v1` API (SPEC §3): `POST /v1/deploy` and its SSE stream.
+//! - `v1` — mill's own `/v1` API (SPEC §3): deploy (and its SSE stream), status, nodes
+//!   (drain, remove), services, restart, rollout, tasks.
 
 mod auth;
 mod crud;
@@ -40,7 +41,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 use serde_json::json;
 use std::sync::Arc;
@@ -115,6 +116,17 @@ pub fn router_with(store: Store, config: ApiConfig, tuning: ApiTuning) -> Router
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/{*rest}", get(openapi_document))
         .route("/v1/deploy", post(v1::deploy::deploy))
+        .route("/v1/status", get(v1::status::status))
+        .route("/v1/nodes", get(v1::nodes::list))
+        .route("/v1/nodes/{id}", delete(v1::nodes::remove))
+        .route("/v1/nodes/{id}/drain", post(v1::nodes::drain))
+        .route("/v1/restart/{service}", post(v1::restart::restart))
+        .route("/v1/services", get(v1::services::list))
+        .route("/v1/rollout/{service}", get(v1::rollout::show))
+        .route("/v1/rollout/{service}/undo", post(v1::rollout::undo))
+        .route("/v1/tasks", get(v1::tasks::list))
+        .route("/v1/tasks/spawn", post(v1::tasks::spawn))
+        .route("/v1/tasks/{id}", get(v1::tasks::get).delete(v1::tasks::kill))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
