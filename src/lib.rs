@@ -6,4 +6,5 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod store;

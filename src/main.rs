@@ -1,8 +1,7 @@
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = mill::cli::Args::parse();
+    let args = mill::cli::parse();
     match mill::cli::run(args) {
         Ok(code) => code,
         Err(err) => {

@@ -85,6 +85,7 @@ pub(crate) struct ApiState {
     openapi: openapi::OpenApi,
     server_address: String,
     tuning: ApiTuning,
+    metrics: crate::metrics::Metrics,
 }
 
 /// The API router with default timings: the Kubernetes API under `/api`, `/apis`,
@@ -96,6 +97,17 @@ pub fn router(store: Store, config: ApiConfig) -> Router {
 
 /// [`router`] with explicit timings.
 pub fn router_with(store: Store, config: ApiConfig, tuning: ApiTuning) -> Router {
+    router_metered(store, config, tuning, crate::metrics::Metrics::default())
+}
+
+/// [`router_with`], counting in the node's `metrics` (the daemon shares them with the
+/// controllers).
+pub fn router_metered(
+    store: Store,
+    config: ApiConfig,
+    tuning: ApiTuning,
+    metrics: crate::metrics::Metrics,
+) -> Router {
     let registry = resources::Registry::new();
     let state = Arc::new(ApiState {
         openapi: openapi::OpenApi::new(&registry),
@@ -105,6 +117,7 @@ pub fn router_with(store: Store, config: ApiConfig, tuning: ApiTuning) -> Router
         server_address: config.server_address,
         store: store.clone(),
         tuning,
+        metrics,
     });
     spawn_default_namespace(&state);
     let api = Router::new()
@@ -127,6 +140,22 @@ pub fn router_with(store: Store, config: ApiConfig, tuning: ApiTuning) -> Router
         .route("/v1/tasks", get(v1::tasks::list))
         .route("/v1/tasks/spawn", post(v1::tasks::spawn))
         .route("/v1/tasks/{id}", get(v1::tasks::get).delete(v1::tasks::kill))
+        .route("/v1/logs/{name}", get(v1::logs::logs))
+        .route("/v1/secrets", get(v1::secrets::list))
+        .route(
+            "/v1/secrets/{name}",
+            get(v1::secrets::get)
+                .put(v1::secrets::put)
+                .delete(v1::secrets::delete),
+        )
+        .route("/v1/volumes", get(v1::volumes::list))
+        .route("/v1/volumes/{name}", delete(v1::volumes::delete))
+        .route("/v1/metrics", get(v1::metrics::metrics))
+        .route("/metrics", get(v1::metrics::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            v1::metrics::time_writes,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

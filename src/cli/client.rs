@@ -97,6 +97,14 @@ impl Client {
             .map_err(|e| ClientError::Unreachable(e.to_string(), self.base.clone()))
     }
 
+    /// Sends a prepared `request` → JSON (for requests with a query or headers).
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<T, ClientError> {
+        json(self.send(request).await?).await
+    }
+
     /// `GET path` → JSON.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         json(self.send(self.request(Method::GET, path)).await?).await

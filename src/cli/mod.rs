@@ -1,11 +1,19 @@
 //! The `mill` command line: argument parsing and one module per client command.
 
 mod client;
+mod completion;
 mod crds;
+mod delete;
 mod deploy;
+mod describe;
+mod get;
 mod image;
 mod kubeconfig;
+mod logs;
+mod output;
+mod secret;
 mod validate;
+mod volume;
 
 use crate::daemon::DaemonArgs;
 
@@ -15,7 +23,13 @@ use std::process::ExitCode;
 
 /// mill: a container orchestrator for small clusters.
 #[derive(Debug, Parser)]
-#[command(name = "mill", version, about, propagate_version = true)]
+#[command(
+    name = "mill",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Exit status: 0 ok, 1 failure (the message says what to do), 2 usage error."
+)]
 pub struct Args {
     /// The API of any cluster node.
     #[arg(
@@ -98,6 +112,77 @@ pub enum Command {
     /// Manage images on the nodes.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// List objects of any kind (services, allocs, nodes, deploys, secrets, ...).
+    ///
+    /// Example: `mill get allocs -o wide`, `mill get svc hello -o yaml`, `mill get allocs -w`
+    Get {
+        /// The kind: a kind, plural, singular or short name (`svc`, `no`, `ns`, `vol`).
+        kind: String,
+        /// One object's name.
+        name: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum)]
+        output: Option<output::OutputFormat>,
+        /// After the list, print every change as it happens.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        /// Only objects whose labels match (`app=web,tier!=db`).
+        #[arg(short = 'l', long = "selector")]
+        selector: Option<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long = "all-namespaces")]
+        all_namespaces: bool,
+    },
+    /// Show one object in full: spec, status, conditions and recent history.
+    ///
+    /// Example: `mill describe service hello`, `mill describe alloc hello-2-0`
+    Describe {
+        /// The kind (as for `mill get`).
+        kind: String,
+        /// The object's name.
+        name: String,
+    },
+    /// Delete one object (a service is drained first).
+    ///
+    /// Example: `mill delete service hello`
+    Delete {
+        /// The kind (as for `mill get`).
+        kind: String,
+        /// The object's name.
+        name: String,
+    },
+    /// Print the logs of a service (all replicas), an alloc or a task run.
+    ///
+    /// Example: `mill logs hello -f`, `mill logs hello-2-0 -n 20`, `mill logs --all`.
+    /// In `mill logs`, `-n N` is the number of lines (use --namespace for the namespace).
+    Logs {
+        /// A service, alloc or task id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Keep printing new lines as they are written.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many of the last lines to print (default 100).
+        #[arg(long = "tail", value_name = "N")]
+        tail: Option<usize>,
+        /// Every service of the namespace, each line prefixed by its alloc.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Manage secrets (`${secret(NAME)}` in a .mill file).
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
+    /// Print a shell completion script.
+    ///
+    /// Example: `mill completion bash > /etc/bash_completion.d/mill`
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
     /// The node agent's log driver, run by containerd's shim next to each container.
     #[command(hide = true)]
     AgentLogDriver {
@@ -114,6 +199,50 @@ pub enum ImageCommand {
         /// The archive.
         file: PathBuf,
     },
+}
+
+/// The shells `mill completion` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    /// bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+/// Parses the command line (exit 2 with a usage message when it does not parse). In
+/// `mill logs`, `-n N` is the line count as in `tail -n`, so there it is read as `--tail`.
+pub fn parse() -> Args {
+    Args::parse_from(logs_tail_flag(std::env::args_os().collect()))
+}
+
+/// Global options that take a value, to find the subcommand behind them.
+const VALUED_GLOBALS: [&str; 5] = ["--address", "--token", "--data-dir", "-n", "--namespace"];
+
+fn logs_tail_flag(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut i = 1;
+    while i < argv.len() {
+        let arg = argv[i].to_string_lossy();
+        if arg.starts_with('-') {
+            i += if VALUED_GLOBALS.contains(&arg.as_ref()) {
+                2
+            } else {
+                1
+            };
+            continue;
+        }
+        if arg == "logs" {
+            for later in argv.iter_mut().skip(i + 1) {
+                if later == "-n" {
+                    *later = "--tail".into();
+                }
+            }
+        }
+        break;
+    }
+    argv
 }
 
 /// Runs one command; the exit code says whether it succeeded.
@@ -160,11 +289,99 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Image(ImageCommand::Load { file }) => {
             image::load(&args.address, args.token.as_deref(), &file)
         }
+        Command::Get {
+            ref kind,
+            ref name,
+            output,
+            watch,
+            ref selector,
+            all_namespaces,
+        } => {
+            let client = client::Client::new(&args.address, args.token.as_deref())?;
+            let get = get::GetArgs {
+                kind,
+                name: name.as_deref(),
+                namespace: &args.namespace,
+                all_namespaces,
+                selector: selector.as_deref(),
+                watch,
+                format: output::Format::of(output, args.json),
+            };
+            done(output::block_on(get::run(&client, &get))?)
+        }
+        Command::Describe { ref kind, ref name } => {
+            let client = client::Client::new(&args.address, args.token.as_deref())?;
+            done(output::block_on(describe::run(
+                &client,
+                kind,
+                name,
+                &args.namespace,
+            ))?)
+        }
+        Command::Delete { ref kind, ref name } => {
+            let client = client::Client::new(&args.address, args.token.as_deref())?;
+            done(output::block_on(delete::run(
+                &client,
+                kind,
+                name,
+                &args.namespace,
+            ))?)
+        }
+        Command::Logs {
+            ref name,
+            follow,
+            tail,
+            all,
+        } => {
+            let client = client::Client::new(&args.address, args.token.as_deref())?;
+            let logs = logs::LogsArgs {
+                name: name.as_deref(),
+                all,
+                follow,
+                tail,
+                namespace: &args.namespace,
+                format: output::Format::of(None, args.json),
+            };
+            done(output::block_on(logs::run(&client, &logs))?)
+        }
+        Command::Secret(ref command) => {
+            let client = client::Client::new(&args.address, args.token.as_deref())?;
+            let format = output::Format::of(None, args.json);
+            done(output::block_on(secret::run(
+                &client,
+                command,
+                &args.namespace,
+                format,
+            ))?)
+        }
+        Command::Volume(ref command) => {
+            let client = client::Client::new(&args.address, args.token.as_deref())?;
+            let format = output::Format::of(None, args.json);
+            done(output::block_on(volume::run(
+                &client,
+                command,
+                &args.namespace,
+                format,
+            ))?)
+        }
+        Command::Completion { shell } => {
+            completion::run(match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            });
+            Ok(ExitCode::SUCCESS)
+        }
         Command::AgentLogDriver { dir } => {
             mill_agent::logdriver::run(&dir)?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A client command's result as the exit code (its error is printed by `main`).
+fn done(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    result.map(|()| ExitCode::SUCCESS)
 }
 
 /// Runs a daemon command on a multi-threaded runtime with logs on stderr (`RUST_LOG`).
@@ -180,4 +397,34 @@ fn serve(
         .init();
     tokio::runtime::Runtime::new()?.block_on(daemon)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn argv(args: &[&str]) -> Vec<String> {
+        logs_tail_flag(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn dash_n_is_the_line_count_only_in_mill_logs() {
+        assert_eq!(
+            argv(&["mill", "-n", "prod", "logs", "web", "-n", "5"]),
+            ["mill", "-n", "prod", "logs", "web", "--tail", "5"]
+        );
+        assert_eq!(
+            argv(&["mill", "get", "svc", "logs", "-n", "prod"]),
+            ["mill", "get", "svc", "logs", "-n", "prod"]
+        );
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
 }

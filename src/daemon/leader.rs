@@ -14,6 +14,7 @@ pub(crate) fn follow(
     client: kube::Client,
     knobs: &Knobs,
     port_range: mill_agent::PortRange,
+    metrics: mill_controllers::metrics::Metrics,
 ) -> JoinHandle<()> {
     if !knobs.run_controllers {
         tracing::info!("controllers disabled on this node (MILL_RUN_CONTROLLERS=0)");
@@ -34,10 +35,11 @@ pub(crate) fn follow(
             match (&running, leader) {
                 (None, true) => {
                     tracing::info!("this node leads: starting the controllers");
-                    let run = mill_controllers::runtime::run(
+                    let run = mill_controllers::runtime::run_observed(
                         client.clone(),
                         controller_knobs.clone(),
                         pacing.clone(),
+                        metrics.clone(),
                     );
                     running = Some(tokio::spawn(async move {
                         if let Err(err) = run.await {

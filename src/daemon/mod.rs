@@ -182,13 +182,16 @@ impl RunningNode {
         })
         .await
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-        let api = crate::api::router(
+        let metrics = crate::metrics::Metrics::default();
+        let api = crate::api::router_metered(
             store.clone(),
             crate::api::ApiConfig {
                 token: identity.token.clone(),
                 secret_key: identity.secret_key_bytes()?,
                 server_address: identity.advertised_api(),
             },
+            crate::api::ApiTuning::default(),
+            metrics.clone(),
         );
         let agent = mill_agent::Agent::start(
             agent_config(data_dir, identity, knobs, args)?,
@@ -200,6 +203,7 @@ impl RunningNode {
             crate::api::kube_client(api.clone(), &identity.token),
             knobs,
             args.port_range,
+            metrics.controllers(),
         );
         let app = api
             .merge(join::router(store.clone(), identity))

@@ -9,17 +9,26 @@
 //! - `rollout` — `GET /v1/rollout/{service}` (status and history), `POST
 //!   /v1/rollout/{service}/undo`: the template of a retained revision, rolled out again.
 //! - `tasks` — `POST /v1/tasks/spawn`, `GET /v1/tasks[/{id}]`, `DELETE /v1/tasks/{id}`.
+//! - `logs` — `GET /v1/logs/{name}`: the log lines of a service's replicas, an alloc or a
+//!   task run, fetched from (and followed on) the node that holds each alloc.
+//! - `secrets` — `GET/PUT/DELETE /v1/secrets[/{name}]`: one-value Secrets (sealed like any).
+//! - `volumes` — `GET /v1/volumes`, `DELETE /v1/volumes/{name}` (refused while used).
+//! - `metrics` — `GET /v1/metrics` and `/metrics`: Prometheus text; the write-latency layer.
 //!
 //! Every endpoint only writes resources (the controllers do the work) and answers from
 //! this node's replica; a write reads after a read barrier, so it acts on fresh state.
 
 pub(crate) mod deploy;
+pub(crate) mod logs;
+pub(crate) mod metrics;
 pub(crate) mod nodes;
 pub(crate) mod restart;
 pub(crate) mod rollout;
+pub(crate) mod secrets;
 pub(crate) mod services;
 pub(crate) mod status;
 pub(crate) mod tasks;
+pub(crate) mod volumes;
 
 use crate::store::{Key, Rv, Store, StoreError};
 use axum::http::StatusCode;
