@@ -94,6 +94,7 @@ fn follow(deploy: &Deploy, view: &View, now: Timestamp, knobs: &Knobs) -> Deploy
         now,
     };
     log.push("started", None, |_| {});
+    let newer = newer_deploy(deploy, view);
     let changes: Vec<&DeployChange> = deploy
         .spec
         .changes
@@ -119,7 +120,10 @@ fn follow(deploy: &Deploy, view: &View, now: Timestamp, knobs: &Knobs) -> Deploy
                     && ObjectKey::of(&a.metadata).namespace == namespace
             })
             .collect();
-        let mut result = service_result(&name, change, service.map(|s| &**s), &allocs, &mut log);
+        let mut result = match service {
+            Some(service) => service_result(&name, change, service, &allocs, &mut log),
+            None => missing_service(change, &allocs, newer.as_deref(), &mut log),
+        };
         if result.is_none() && view::elapsed(start, now) >= knobs.deploy_timeout {
             let timeout = mill_crds::Duration(knobs.deploy_timeout);
             result = Some(Err(format!("deploy timed out after {timeout}")));
@@ -150,11 +154,48 @@ fn follow(deploy: &Deploy, view: &View, now: Timestamp, knobs: &Knobs) -> Deploy
     log.status
 }
 
+/// The newest Deploy of the namespace made after `deploy`, if any.
+fn newer_deploy(deploy: &Deploy, view: &View) -> Option<String> {
+    let namespace = ObjectKey::of(&deploy.metadata).namespace;
+    let order = |d: &Deploy| (view::created(&d.metadata), view::name(&d.metadata));
+    let this = order(deploy);
+    view.deploys
+        .iter()
+        .filter(|d| ObjectKey::of(&d.metadata).namespace == namespace)
+        .map(|d| order(d))
+        .filter(|o| *o > this)
+        .max()
+        .map(|(_, name)| name)
+}
+
+/// A service of the deploy the View does not hold: removed (by this deploy or a newer one),
+/// or not seen yet — the Deploy and its Services are written in one transaction, but each
+/// kind has its own watch, so the Deploy may arrive first. Without a newer deploy that
+/// could have removed it, it is waited for (the deploy timeout bounds the wait).
+fn missing_service(
+    change: &DeployChange,
+    allocs: &[&Alloc],
+    newer: Option<&str>,
+    log: &mut Log,
+) -> Option<Result<(), String>> {
+    let name = change.name.as_str();
+    match change.change.as_str() {
+        "unchanged" => log.push("unchanged", Some(name), |_| {}),
+        "routes" => log.push("routed", Some(name), |_| {}),
+        "removed" => {
+            stopped_events(allocs, None, log, name);
+            log.push("removed", Some(name), |_| {});
+        }
+        _ => return newer.map(|by| Err(format!("the service was removed by {by}"))),
+    }
+    Some(Ok(()))
+}
+
 /// How one service of the deploy ended, if it has: `Ok` for success, `Err(reason)`.
 fn service_result(
     deploy: &str,
     change: &DeployChange,
-    service: Option<&Service>,
+    service: &Service,
     allocs: &[&Alloc],
     log: &mut Log,
 ) -> Option<Result<(), String>> {
@@ -170,10 +211,8 @@ fn service_result(
         }
         "removed" => {
             stopped_events(allocs, None, log, name);
-            let gone = service.is_none_or(|s| {
-                s.metadata.deletion_timestamp.is_some()
-                    && allocs.iter().all(|a| view::phase(a).is_terminal())
-            });
+            let gone = service.metadata.deletion_timestamp.is_some()
+                && allocs.iter().all(|a| view::phase(a).is_terminal());
             if gone {
                 log.push("removed", Some(name), |_| {});
                 return Some(Ok(()));
@@ -182,9 +221,6 @@ fn service_result(
         }
         _ => {}
     }
-    let Some(service) = service else {
-        return Some(Err("the service was removed".to_string()));
-    };
     let status = service.status.clone().unwrap_or_default();
     let revision: Option<&Revision> = if change.change == "scale" {
         status
@@ -477,6 +513,45 @@ mod tests {
         assert_eq!(status.phase, DeployPhase::Succeeded);
         let p = phases(&status);
         assert_eq!(p, vec!["started", "stopped", "removed"]);
+    }
+
+    #[test]
+    fn a_deploy_seen_before_its_new_service_waits_for_the_service() {
+        let mut world = settled(1, 1);
+        let deploy = new_deploy("d2", &world, &[("api", "new")]);
+        world.step();
+        let mut view = world.view();
+        view.deploys = vec![Arc::new(deploy.clone())];
+        let status = match plan(&view, world.now, &world.knobs).pop() {
+            Some(Action::WriteDeployStatus { status, .. }) => *status,
+            other => panic!("expected the started event, got {other:?}"),
+        };
+        assert_eq!(status.phase, DeployPhase::Running, "{status:?}");
+        assert!(status.results.is_empty(), "{status:?}");
+        assert_eq!(phases(&status), vec!["started"]);
+    }
+
+    #[test]
+    fn a_service_a_newer_deploy_removed_ends_the_older_deploy_failed() {
+        let mut world = settled(1, 1);
+        let older = new_deploy("d2", &world, &[("api", "new")]);
+        world.now += jiff::SignedDuration::from_secs(1);
+        let newer = new_deploy("d3", &world, &[("api", "removed")]);
+        let mut view = world.view();
+        view.deploys = vec![Arc::new(older), Arc::new(newer)];
+        let statuses: Vec<DeployStatus> = plan(&view, world.now, &world.knobs)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::WriteDeployStatus { status, .. } => Some(*status),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(statuses[0].phase, DeployPhase::Failed);
+        assert_eq!(
+            statuses[0].results[0].reason.as_deref(),
+            Some("the service was removed by d3")
+        );
+        assert_eq!(statuses[1].phase, DeployPhase::Succeeded);
     }
 
     fn world_now() -> Timestamp {
