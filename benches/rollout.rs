@@ -1,0 +1,194 @@
+//! What a rolling update costs beyond the containers themselves: a `mill deploy` that
+//! changes the env of a 5-replica service (image present, healthy at start, SIGTERM
+//! handled), timed from the POST to the stream's `done`, against the sum over the 5
+//! replicas of (container start + first successful HTTP probe) measured with `ctr run -d`
+//! of the same image and command on the same containerd, in the same run. mill's overhead
+//! is `deploy / sum - 1` (target ≤ 10%). Needs root and containerd (as the e2e tests);
+//! run with `cargo bench --bench rollout`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+use support::containerd::Containerd;
+use support::images;
+use support::node::{http_get, MillNode, TOKEN};
+
+/// Replicas of the service, and containers per reference round.
+const REPLICAS: usize = 5;
+/// Rollouts measured (each against a reference round right after it).
+const ROUNDS: usize = 5;
+/// The most one step may take before the bench gives up.
+const DEADLINE: Duration = Duration::from_secs(120);
+/// How often the reference polls for its first HTTP answer.
+const POLL: Duration = Duration::from_millis(2);
+/// The service's command: busybox httpd, exiting at once on SIGTERM (as a well-behaved
+/// app does), so stopping an old replica costs what the app needs, not the stop grace.
+const COMMAND: &str = "trap 'exit 0' TERM; mkdir -p /www && echo ok > /www/health && httpd -f -p $PORT -h /www & wait";
+
+fn config(round: usize) -> String {
+    format!(
+        r#"service "web" {{
+  image    = "mill.test/httpd:1"
+  command  = ["/bin/sh", "-c", "{}"]
+  port     = 8080
+  replicas = {REPLICAS}
+  cpu      = 0.1
+  memory   = "32M"
+  env {{
+    ROUND = "{round}"
+  }}
+
+  health {{
+    path     = "/health"
+    interval = "1s"
+    timeout  = "1s"
+  }}
+}}
+"#,
+        COMMAND.replace('"', "\\\"")
+    )
+}
+
+/// POSTs `text` to `/v1/deploy` and reads the SSE stream to its `done`; the elapsed time
+/// and whether it succeeded.
+async fn deploy(node: &MillNode, text: String) -> (Duration, bool) {
+    let began = Instant::now();
+    let mut answer = reqwest::Client::new()
+        .post(node.url("/v1/deploy"))
+        .bearer_auth(TOKEN)
+        .header(reqwest::header::CONTENT_TYPE, "text/plain")
+        .body(text)
+        .send()
+        .await
+        .expect("the node answers");
+    if !answer.status().is_success() {
+        panic!(
+            "deploy refused: {}",
+            answer.text().await.unwrap_or_default()
+        );
+    }
+    let mut stream = String::new();
+    let done = tokio::time::timeout(DEADLINE, async {
+        while let Some(chunk) = answer.chunk().await.expect("the stream reads") {
+            stream.push_str(&String::from_utf8_lossy(&chunk));
+            if let Some(at) = stream.find("event: done") {
+                let rest = &stream[at..];
+                if let Some(end) = rest.find("\n\n") {
+                    return rest[..end].contains("\"success\":true");
+                }
+            }
+        }
+        panic!("the deploy stream ended without done:\n{stream}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the deploy took over {DEADLINE:?}"));
+    (began.elapsed(), done)
+}
+
+/// One reference round: `REPLICAS` containers started one after the other with `ctr run
+/// -d`, each timed from the run to its first HTTP 200; their sum.
+fn reference_round(ctd: &Containerd, namespace: &str, round: usize) -> Duration {
+    let runtime = tokio::runtime::Handle::current();
+    let mut sum = Duration::ZERO;
+    for replica in 0..REPLICAS {
+        let port = support::free_port();
+        let id = format!("ref-{round}-{replica}");
+        let env = format!("PORT={port}");
+        let began = Instant::now();
+        ctd.ctr_ok(
+            namespace,
+            &[
+                "run",
+                "-d",
+                "--net-host",
+                "--env",
+                &env,
+                "mill.test/httpd:1",
+                &id,
+                "/bin/sh",
+                "-c",
+                COMMAND,
+            ],
+        );
+        let deadline = Instant::now() + DEADLINE;
+        while !runtime.block_on(async {
+            http_get(port, "/health")
+                .await
+                .is_some_and(|(code, _)| code == 200)
+        }) {
+            assert!(Instant::now() < deadline, "ctr run took over {DEADLINE:?}");
+            std::thread::sleep(POLL);
+        }
+        sum += began.elapsed();
+        ctd.ctr(namespace, &["tasks", "kill", "-s", "SIGKILL", &id]);
+        while !ctd
+            .ctr(namespace, &["tasks", "delete", &id])
+            .status
+            .success()
+        {
+            assert!(Instant::now() < deadline, "ctr task of {id} never ended");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ctd.ctr_ok(namespace, &["containers", "rm", &id]);
+    }
+    sum
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let ctd = Containerd::start();
+    let archive = images::build(&images::httpd("mill.test/httpd:1"), ctd.dir.path());
+    let first = 30_000 + support::free_port() % 20_000;
+    let ports = format!("{first}-{}", first + 100);
+    let node = MillNode::start(
+        &ctd,
+        &[("MILL_RUN_CONTROLLERS", "1"), ("MILL_PORT_RANGE", &ports)],
+    )
+    .await;
+    node.load_image(&archive);
+    let reference_ns = "bench-ref";
+    ctd.ctr_ok(
+        reference_ns,
+        &["images", "import", &archive.display().to_string()],
+    );
+
+    let (first_deploy, ok) = deploy(&node, config(0)).await;
+    assert!(ok, "the first deploy failed:\n{}", node.log());
+    println!(
+        "first deploy of {REPLICAS} replicas: {:.0} ms",
+        ms(first_deploy)
+    );
+
+    let (mut rollouts, mut references) = (vec![], vec![]);
+    for round in 1..=ROUNDS {
+        let (took, ok) = deploy(&node, config(round)).await;
+        assert!(ok, "rollout {round} failed:\n{}", node.log());
+        rollouts.push(took);
+        let reference = tokio::task::block_in_place(|| reference_round(&ctd, reference_ns, round));
+        references.push(reference);
+        println!(
+            "  round {round}: rollout {:7.0} ms   sum of {REPLICAS} × (ctr run -d → first HTTP) {:7.0} ms",
+            ms(took),
+            ms(reference)
+        );
+    }
+    let (rollout, reference) = (median(rollouts), median(references));
+    println!("rolling update of {REPLICAS} replicas, median of {ROUNDS} rounds:");
+    println!(
+        "  mill deploy {:7.0} ms   reference {:7.0} ms   ratio {:.2}   overhead {:+.0}%",
+        ms(rollout),
+        ms(reference),
+        ms(rollout) / ms(reference),
+        (ms(rollout) / ms(reference) - 1.0) * 100.0
+    );
+}
