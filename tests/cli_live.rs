@@ -136,6 +136,27 @@ async fn cli_commands_against_a_live_cluster() {
     std::fs::write(&file, config(&image, "v1")).unwrap();
     mill(&address, &["deploy", "-f", file_arg]).await;
 
+    // status: the CLUSTER line, then SERVICES, TASKS, NODES.
+    let status = mill(&address, &["status"]).await;
+    let lines: Vec<&str> = status.lines().collect();
+    assert!(
+        lines[0].starts_with("CLUSTER   1 node, leader node-1, 1 service, 0 tasks, cpu 0.1/"),
+        "{status}"
+    );
+    let hello = lines.iter().find(|l| l.trim_start().starts_with("hello "));
+    let hello: Vec<&str> = hello.expect("a hello row").split_whitespace().collect();
+    assert_eq!(hello, ["hello", "1/1", "0.1", "31Mi", "-", "-"], "{status}");
+    let node_row = lines.iter().find(|l| l.trim_start().starts_with("node-1 "));
+    let node_row: Vec<&str> = node_row.expect("a node-1 row").split_whitespace().collect();
+    assert_eq!(node_row[1], "ready", "{status}");
+    assert_eq!(node_row[4], "1", "{status}");
+    for section in ["SERVICES", "TASKS", "NODES"] {
+        assert!(lines.contains(&section), "{status}");
+    }
+    let json: Value = serde_json::from_str(&mill(&address, &["--json", "status"]).await)
+        .expect("status --json parses");
+    assert_eq!(json["status"]["node_count"], 1);
+
     // get: the table, wide, json, yaml, name; and the same allocs as kubectl.
     let table = mill(&address, &["get", "allocs"]).await;
     let header = table.lines().next().unwrap_or_default();

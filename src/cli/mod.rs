@@ -12,6 +12,7 @@ mod kubeconfig;
 mod logs;
 mod output;
 mod secret;
+mod status;
 mod validate;
 mod volume;
 
@@ -169,6 +170,10 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// The cluster at a glance: nodes, services, tasks, capacity.
+    ///
+    /// Example: `mill status`, `mill status --json`
+    Status,
     /// Manage secrets (`${secret(NAME)}` in a .mill file).
     #[command(subcommand)]
     Secret(secret::SecretCommand),
@@ -343,6 +348,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 format: output::Format::of(None, args.json),
             };
             done(output::block_on(logs::run(&client, &logs))?)
+        }
+        Command::Status => {
+            let client = client::Client::new(&args.address, args.token.as_deref())?;
+            let format = output::Format::of(None, args.json);
+            done(output::block_on(status::run(&client, &args.namespace, format))?)
         }
         Command::Secret(ref command) => {
             let client = client::Client::new(&args.address, args.token.as_deref())?;
