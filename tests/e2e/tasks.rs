@@ -1,0 +1,185 @@
+//! Task runs on a 3-node cluster: exit codes, timeout, a lost host, and garbage
+//! collection of runs. Runs are made the way spawning makes them: a Task template and an
+//! unplaced task Alloc, which the scheduler places and the agent runs once.
+
+use super::harness::{phase, summary, Cluster, HEARTBEAT_TIMEOUT, WITHIN};
+use super::support::eventually;
+use mill_crds::AllocPhase;
+use serde_json::{json, Value};
+
+fn template(cluster: &Cluster, script: &str) -> Value {
+    json!({
+        "image": cluster.images.v1,
+        "command": ["/bin/sh", "-c", script],
+        "cpu": 0.02,
+        "memory": "16M",
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_exits_0_is_stopped_and_one_that_exits_1_failed() {
+    let cluster = Cluster::start(&[]).await;
+    cluster
+        .spawn_task("ok", "ok-a1b2", template(&cluster, "echo done"), None)
+        .await;
+    cluster
+        .spawn_task("bad", "bad-c3d4", template(&cluster, "exit 1"), None)
+        .await;
+    let ok = cluster.wait_ended("ok-a1b2").await;
+    let status = ok.status.clone().unwrap();
+    assert_eq!(
+        (status.phase, status.exit_code),
+        (AllocPhase::Stopped, Some(0)),
+        "{status:?}"
+    );
+    let bad = cluster.wait_ended("bad-c3d4").await;
+    let status = bad.status.clone().unwrap();
+    assert_eq!(
+        (status.phase, status.exit_code),
+        (AllocPhase::Failed, Some(1)),
+        "{status:?}"
+    );
+    assert_eq!(status.restarts, 0, "a task is never restarted: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_past_its_timeout_is_killed_and_failed() {
+    let cluster = Cluster::start(&[]).await;
+    cluster
+        .spawn_task(
+            "slow",
+            "slow-e5f6",
+            template(&cluster, "sleep 300"),
+            Some("2s"),
+        )
+        .await;
+    let run = cluster.wait_ended("slow-e5f6").await;
+    let status = run.status.clone().unwrap();
+    assert_eq!(status.phase, AllocPhase::Failed, "{status:?}");
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("timeout")),
+        "{status:?}"
+    );
+    // The container is gone: no task of it runs in any node's containerd namespace.
+    eventually(WITHIN, "the timed-out container stopped", || async {
+        let running = cluster.nodes.iter().any(|n| {
+            cluster
+                .ctd
+                .tasks(&n.namespace)
+                .iter()
+                .any(|(_, _, s)| s == "RUNNING")
+        });
+        (!running).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_on_a_lost_host_fails_with_node_lost_and_is_not_retried() {
+    let cluster = Cluster::start(&[]).await;
+    cluster
+        .spawn_task("long", "long-g7h8", template(&cluster, "sleep 300"), None)
+        .await;
+    let node = eventually(WITHIN, "the task running", || async {
+        let alloc = cluster
+            .all_allocs()
+            .await
+            .into_iter()
+            .find(|a| a.metadata.name.as_deref() == Some("long-g7h8"))?;
+        // A task has no health check: running is healthy.
+        matches!(phase(&alloc), AllocPhase::Running | AllocPhase::Healthy)
+            .then(|| alloc.spec.node_name.clone())?
+    })
+    .await;
+    let index: usize = node.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
+    cluster.lose_host(index);
+    let run = eventually(HEARTBEAT_TIMEOUT + WITHIN, "the run failed", || async {
+        let alloc = cluster
+            .all_allocs()
+            .await
+            .into_iter()
+            .find(|a| a.metadata.name.as_deref() == Some("long-g7h8"))?;
+        phase(&alloc).is_terminal().then_some(alloc)
+    })
+    .await;
+    let status = run.status.clone().unwrap();
+    assert_eq!(
+        (status.phase, status.reason.as_deref()),
+        (AllocPhase::Failed, Some("node lost")),
+        "{status:?}"
+    );
+    let runs: Vec<_> = cluster
+        .all_allocs()
+        .await
+        .into_iter()
+        .filter(|a| a.spec.owner.name == "long")
+        .collect();
+    assert_eq!(runs.len(), 1, "not retried: {:#?}", summary(&runs));
+}
+
+/// SPEC §6: terminal task allocs beyond the newest 100 per task are deleted.
+const TASK_RUNS_KEPT: usize = 100;
+const RUNS: usize = 500;
+const WAVE: usize = 25;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_500_task_runs_the_alloc_count_stays_within_the_gc_limits() {
+    let cluster = Cluster::start(&[]).await;
+    let template = template(&cluster, "true");
+    let mut most = 0;
+    for wave in 0..RUNS / WAVE {
+        let names: Vec<String> = (0..WAVE)
+            .map(|i| format!("job-{:04}", wave * WAVE + i))
+            .collect();
+        for name in &names {
+            cluster
+                .spawn_task("job", name, template.clone(), None)
+                .await;
+        }
+        eventually(WITHIN, &format!("wave {wave} of runs ended"), || async {
+            let allocs = cluster.all_allocs().await;
+            let ended = allocs
+                .iter()
+                .filter(|a| names.contains(a.metadata.name.as_ref().unwrap()))
+                .filter(|a| phase(a).is_terminal())
+                .count();
+            // A run already collected ended too (gc only deletes ended runs).
+            let present = allocs
+                .iter()
+                .filter(|a| names.contains(a.metadata.name.as_ref().unwrap()))
+                .count();
+            (ended == present).then_some(())
+        })
+        .await;
+        let count = cluster.all_allocs().await.len();
+        most = most.max(count);
+        assert!(
+            count <= TASK_RUNS_KEPT + 2 * WAVE,
+            "{count} Alloc objects after {} runs: gc does not keep up",
+            (wave + 1) * WAVE
+        );
+    }
+    let allocs = eventually(WITHIN, "the newest 100 runs kept", || async {
+        let allocs = cluster.all_allocs().await;
+        (allocs.len() == TASK_RUNS_KEPT).then_some(allocs)
+    })
+    .await;
+    assert!(
+        allocs.iter().all(|a| phase(a) == AllocPhase::Stopped),
+        "every run exited 0: {:#?}",
+        summary(&allocs)
+    );
+    let oldest_kept = allocs
+        .iter()
+        .filter_map(|a| a.metadata.name.clone())
+        .min()
+        .unwrap();
+    assert!(
+        oldest_kept.as_str() >= "job-0400",
+        "the newest runs are the ones kept, yet {oldest_kept} is"
+    );
+    eprintln!("gc: at most {most} Alloc objects during {RUNS} runs");
+}
