@@ -139,7 +139,10 @@ pub fn router_metered(
         .route("/v1/rollout/{service}/undo", post(v1::rollout::undo))
         .route("/v1/tasks", get(v1::tasks::list))
         .route("/v1/tasks/spawn", post(v1::tasks::spawn))
-        .route("/v1/tasks/{id}", get(v1::tasks::get).delete(v1::tasks::kill))
+        .route(
+            "/v1/tasks/{id}",
+            get(v1::tasks::get).delete(v1::tasks::kill),
+        )
         .route("/v1/logs/{name}", get(v1::logs::logs))
         .route("/v1/secrets", get(v1::secrets::list))
         .route(

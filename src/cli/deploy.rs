@@ -1,16 +1,24 @@
 //! `mill deploy [-f FILE] [--dry-run] [--detach]` and `mill apply -f FILE`.
 //!
 //! A `.mill` file is posted to `POST /v1/deploy`; the answer is the deploy's SSE stream,
-//! printed one line per step (SPEC §8). `mill apply` of a `.yaml`/`.json` manifest of mill
+//! printed one line per step (SPEC §8); on a terminal, also a spinner per service with its
+//! elapsed time. If the stream drops before `done`, the CLI reattaches: it follows the
+//! Deploy object the answer named (`x-mill-deploy`) through the Kubernetes API and goes on
+//! printing its events until it ends. `mill restart` and `mill rollout undo` follow their
+//! Deploy the same way ([`follow_deploy`]). `mill apply` of a `.yaml`/`.json` manifest of mill
 //! kinds goes to the Kubernetes-shaped API instead (create, or replace what exists).
 
 use super::client::{Client, ClientError};
 use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mill_crds::{Deploy, DeployEvent, DeployPhase};
 use reqwest::Method;
-use serde_json::Value;
-use std::collections::BTreeSet;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// What `mill deploy` was asked.
 pub struct DeployArgs<'a> {
@@ -84,14 +92,14 @@ pub fn deploy(args: &DeployArgs<'_>) -> anyhow::Result<ExitCode> {
         if args.detach {
             let name = answer
                 .headers()
-                .get("x-mill-deploy")
+                .get(DEPLOY_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("deploy")
                 .to_string();
             println!("{name} started; it goes on in the cluster (see: mill get deploy {name})");
             return Ok(ExitCode::SUCCESS);
         }
-        follow(answer).await
+        follow(&client, args.namespace, answer).await
     })
 }
 
@@ -115,19 +123,21 @@ fn print_diff(body: &Value) {
     println!("dry run: nothing was changed");
 }
 
-/// Prints the SSE stream of a deploy until its `done`.
-async fn follow(mut answer: reqwest::Response) -> anyhow::Result<ExitCode> {
+/// Prints the SSE stream of a deploy until its `done`. If the stream drops first, follows
+/// the Deploy object it names (`x-mill-deploy`) instead, from the first event not printed.
+async fn follow(
+    client: &Client,
+    namespace: &str,
+    mut answer: reqwest::Response,
+) -> anyhow::Result<ExitCode> {
+    let name = answer
+        .headers()
+        .get(DEPLOY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let mut buffer = String::new();
-    let mut progress = Progress::default();
-    loop {
-        let chunk = answer.chunk().await.context(
-            "lost the connection to the cluster; the deploy goes on there (see: mill get deploys)",
-        )?;
-        let Some(chunk) = chunk else {
-            anyhow::bail!(
-                "the cluster ended the stream before the deploy finished; it goes on there (see: mill get deploys)"
-            );
-        };
+    let mut progress = Progress::new(Words::DEPLOY);
+    while let Ok(Some(chunk)) = answer.chunk().await {
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find("\n\n") {
             let message: String = buffer.drain(..end + 2).collect();
@@ -136,16 +146,142 @@ async fn follow(mut answer: reqwest::Response) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let Some(name) = name else {
+        anyhow::bail!(
+            "lost the connection to the cluster before the deploy finished; it goes on there (see: mill get deploys)"
+        );
+    };
+    progress.note(&format!(
+        "the progress stream dropped; following {name} in the cluster"
+    ));
+    follow_deploy(client, namespace, &name, progress).await
 }
 
-/// What the stream said so far.
-#[derive(Default)]
-struct Progress {
+/// Response header of `POST /v1/deploy`: the Deploy's name.
+const DEPLOY_HEADER: &str = "x-mill-deploy";
+/// How often a followed Deploy is read again.
+const POLL: Duration = Duration::from_millis(300);
+/// How many reads in a row may fail (node restarting, no leader) before giving up.
+const READ_RETRIES: u32 = 100;
+
+/// Prints the event log of the Deploy `name` (skipping what `progress` printed already)
+/// until it ends; the exit code says whether it succeeded. Used by deploy (after the stream
+/// dropped), restart and rollout undo, whose answers name a Deploy.
+pub(super) async fn follow_deploy(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    mut progress: Progress,
+) -> anyhow::Result<ExitCode> {
+    let path = format!("/apis/mill.dev/v1/namespaces/{namespace}/deploys/{name}");
+    let mut failures = 0;
+    loop {
+        match client.get::<Deploy>(&path).await {
+            Ok(deploy) => {
+                failures = 0;
+                let status = deploy.status.unwrap_or_default();
+                for event in status.events.iter().skip(progress.seen) {
+                    let (kind, data) = event_data(event);
+                    progress.event(kind, &data);
+                }
+                if status.phase != DeployPhase::Running {
+                    let success = status.phase == DeployPhase::Succeeded;
+                    let data =
+                        json!({"elapsed": status.elapsed.unwrap_or(0.0), "success": success});
+                    if let Some(code) = progress.event("done", &data) {
+                        return Ok(code);
+                    }
+                }
+            }
+            Err(ClientError::Unreachable(..) | ClientError::Status(502..=504, _))
+                if failures < READ_RETRIES =>
+            {
+                failures += 1;
+            }
+            Err(err) => {
+                progress.finish();
+                return Err(anyhow::Error::new(err).context(format!(
+                    "cannot follow {name}; it goes on in the cluster (see: mill get deploy {name})"
+                )));
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A Deploy event as the SSE stream renders it: the event name and its data.
+fn event_data(event: &DeployEvent) -> (&'static str, Value) {
+    if event.phase == "failed" {
+        return (
+            "failed",
+            json!({"service": event.service, "reason": event.reason}),
+        );
+    }
+    let mut data = json!({"phase": event.phase});
+    if let Some(service) = &event.service {
+        data["service"] = json!(service);
+    }
+    if let Some(node) = &event.node {
+        data["node"] = json!(node);
+    }
+    if let Some(elapsed) = event.elapsed {
+        data["elapsed"] = json!(elapsed);
+    }
+    ("progress", data)
+}
+
+/// How the end of a followed rollout is worded.
+pub(super) struct Words {
+    /// Success, followed by the elapsed time: `deployed (4.2s)`.
+    pub done: &'static str,
+    /// Every service failed.
+    pub failed: &'static str,
+    /// Some services failed.
+    pub partial: &'static str,
+}
+
+impl Words {
+    /// `mill deploy`'s words (SPEC §8).
+    pub const DEPLOY: Words = Words {
+        done: "deployed",
+        failed: "deploy failed",
+        partial: "deploy finished with errors",
+    };
+}
+
+/// What the stream said so far, and how it is shown: one line per step, and on a terminal
+/// also a spinner per service with its latest step and elapsed time.
+pub(super) struct Progress {
+    words: Words,
     services: BTreeSet<String>,
     failed: BTreeSet<String>,
+    /// How many events (`progress`, `failed`) were handled: where a reattach resumes.
+    seen: usize,
+    live: Option<Live>,
+}
+
+/// The spinners of a terminal.
+struct Live {
+    bars: MultiProgress,
+    by_service: BTreeMap<String, ProgressBar>,
 }
 
 impl Progress {
+    /// A fresh display; spinners only when stderr is a terminal.
+    pub(super) fn new(words: Words) -> Progress {
+        let live = std::io::stderr().is_terminal().then(|| Live {
+            bars: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            by_service: BTreeMap::new(),
+        });
+        Progress {
+            words,
+            services: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            seen: 0,
+            live,
+        }
+    }
+
     /// Prints one SSE message; the exit code once it was `done`.
     fn message(&mut self, message: &str) -> Option<ExitCode> {
         let mut event = "message";
@@ -158,34 +294,88 @@ impl Progress {
             }
         }
         let data: Value = serde_json::from_str(&data).unwrap_or_default();
+        self.event(event, &data)
+    }
+
+    /// A line for the operator that is not a step (on stderr).
+    fn note(&mut self, text: &str) {
+        match &self.live {
+            Some(live) => live.bars.suspend(|| eprintln!("{text}")),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// One step's line on stdout (above the spinners), and the service's spinner updated.
+    fn line(&mut self, service: &str, line: String, step: &str) {
+        match &mut self.live {
+            Some(live) => {
+                live.bars.suspend(|| println!("{line}"));
+                if !service.is_empty() {
+                    let bar = live
+                        .by_service
+                        .entry(service.to_string())
+                        .or_insert_with(|| {
+                            let bar = live.bars.add(ProgressBar::new_spinner());
+                            bar.set_style(
+                                ProgressStyle::with_template(
+                                    "{spinner} {prefix}: {msg} ({elapsed})",
+                                )
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                            );
+                            bar.set_prefix(service.to_string());
+                            bar.enable_steady_tick(Duration::from_millis(120));
+                            bar
+                        });
+                    bar.set_message(step.to_string());
+                }
+            }
+            None => println!("{line}"),
+        }
+    }
+
+    /// Takes the spinners away.
+    fn finish(&mut self) {
+        if let Some(live) = self.live.take() {
+            for bar in live.by_service.values() {
+                bar.finish_and_clear();
+            }
+            let _ = live.bars.clear();
+        }
+    }
+
+    /// Prints one event; the exit code once it was `done`.
+    pub(super) fn event(&mut self, event: &str, data: &Value) -> Option<ExitCode> {
         let service = data["service"].as_str().unwrap_or_default().to_string();
         match event {
             "progress" => {
+                self.seen += 1;
                 if !service.is_empty() {
                     self.services.insert(service.clone());
                 }
-                if let Some(line) = progress_line(&service, &data) {
-                    println!("{line}");
+                if let Some(step) = progress_step(data) {
+                    self.line(&service, format!("  {service}: {step}"), &step);
                 }
                 None
             }
             "failed" => {
+                self.seen += 1;
                 self.services.insert(service.clone());
                 self.failed.insert(service.clone());
                 let reason = data["reason"].as_str().unwrap_or("no reason given");
-                println!("  {service}: failed: {reason}");
+                self.line(&service, format!("  {service}: failed: {reason}"), "failed");
                 None
             }
             "done" => {
+                self.finish();
                 let elapsed = data["elapsed"].as_f64().unwrap_or(0.0);
                 if data["success"].as_bool() == Some(true) {
-                    println!("deployed ({elapsed:.1}s)");
+                    println!("{} ({elapsed:.1}s)", self.words.done);
                     Some(ExitCode::SUCCESS)
                 } else {
                     if self.failed.len() < self.services.len() {
-                        println!("deploy finished with errors");
+                        println!("{}", self.words.partial);
                     } else {
-                        println!("deploy failed");
+                        println!("{}", self.words.failed);
                     }
                     Some(ExitCode::FAILURE)
                 }
@@ -195,7 +385,7 @@ impl Progress {
     }
 }
 
-fn progress_line(service: &str, data: &Value) -> Option<String> {
+fn progress_step(data: &Value) -> Option<String> {
     let text = match data["phase"].as_str()? {
         "scheduled" => format!("scheduled on {}", data["node"].as_str().unwrap_or("a node")),
         "pulling" => "pulling the image".to_string(),
@@ -209,7 +399,7 @@ fn progress_line(service: &str, data: &Value) -> Option<String> {
         "unchanged" => "unchanged".to_string(),
         _ => return None,
     };
-    Some(format!("  {service}: {text}"))
+    Some(text)
 }
 
 /// `mill apply -f FILE`: a `.mill` deploys; `.yaml`/`.yml`/`.json` manifests of mill kinds

@@ -10,9 +10,13 @@ mod get;
 mod image;
 mod kubeconfig;
 mod logs;
+mod nodes;
 mod output;
+mod restart;
+mod rollout;
 mod secret;
 mod status;
+mod tasks;
 mod validate;
 mod volume;
 
@@ -188,11 +192,112 @@ pub enum Command {
         #[arg(value_enum)]
         shell: CompletionShell,
     },
+    /// Replace every replica of a service with a fresh container, rolling, same spec.
+    ///
+    /// Example: `mill restart hello` (prints the rollout's steps until it ends)
+    Restart {
+        /// The service.
+        service: String,
+    },
+    /// Follow, list or undo a service's rollouts.
+    ///
+    /// Example: `mill rollout history hello`, `mill rollout undo hello --to-revision 2`
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// List the cluster's nodes: address, status, free cpu and memory, allocations.
+    ///
+    /// Example: `mill nodes`
+    Nodes,
+    /// Move everything off a node (no new allocations) and wait until it is empty.
+    ///
+    /// Example: `mill drain node-2`
+    Drain {
+        /// The node's id (see `mill nodes`).
+        node: String,
+    },
+    /// Remove a drained (or empty) node from the cluster and its Raft membership.
+    ///
+    /// Example: `mill remove node-2`
+    Remove {
+        /// The node's id (see `mill nodes`).
+        node: String,
+    },
+    /// Drain the node --address points at, then remove it from the cluster.
+    ///
+    /// Example: `mill --address http://10.0.0.7:4400 leave`
+    Leave,
+    /// Run a task once: one a deploy defined, or an image inline; prints the run's id.
+    ///
+    /// Example: `mill spawn report --env DAY=monday`,
+    /// `mill spawn --image busybox --timeout 1m -- sh -c 'echo hi'`
+    Spawn {
+        /// A task of the deployed config.
+        #[arg(required_unless_present = "image", conflicts_with = "image")]
+        task: Option<String>,
+        /// An image to run instead of a task.
+        #[arg(long)]
+        image: Option<String>,
+        /// CPU cores (with --image).
+        #[arg(long, requires = "image")]
+        cpu: Option<f64>,
+        /// Memory, e.g. `256M` (with --image).
+        #[arg(long, requires = "image")]
+        memory: Option<String>,
+        /// Kill the run after this long, e.g. `30m` (with --image).
+        #[arg(long, requires = "image")]
+        timeout: Option<String>,
+        /// An environment variable, `KEY=VALUE` (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// The command and its arguments, after `--` (with --image).
+        #[arg(last = true, requires = "image")]
+        command: Vec<String>,
+    },
+    /// List the namespace's task runs.
+    ///
+    /// Example: `mill ps`
+    Ps,
+    /// Stop a task run and wait until it has ended.
+    ///
+    /// Example: `mill kill report-ab12`
+    Kill {
+        /// The run's id, as `mill spawn` printed it.
+        task_id: String,
+    },
     /// The node agent's log driver, run by containerd's shim next to each container.
     #[command(hide = true)]
     AgentLogDriver {
         /// The alloc's log directory.
         dir: PathBuf,
+    },
+}
+
+/// `mill rollout ...`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Print where the service's rollout stands; while one runs, follow it to its end.
+    ///
+    /// Example: `mill rollout status hello`
+    Status {
+        /// The service.
+        service: String,
+    },
+    /// List the service's retained revisions.
+    ///
+    /// Example: `mill rollout history hello`
+    History {
+        /// The service.
+        service: String,
+    },
+    /// Roll the service back to an earlier revision and follow it.
+    ///
+    /// Example: `mill rollout undo hello`, `mill rollout undo hello --to-revision 2`
+    Undo {
+        /// The service.
+        service: String,
+        /// The revision (see `mill rollout history`); default: the one before the serving one.
+        #[arg(long)]
+        to_revision: Option<i64>,
     },
 }
 
@@ -352,7 +457,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Status => {
             let client = client::Client::new(&args.address, args.token.as_deref())?;
             let format = output::Format::of(None, args.json);
-            done(output::block_on(status::run(&client, &args.namespace, format))?)
+            done(output::block_on(status::run(
+                &client,
+                &args.namespace,
+                format,
+            ))?)
         }
         Command::Secret(ref command) => {
             let client = client::Client::new(&args.address, args.token.as_deref())?;
@@ -382,6 +491,62 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             });
             Ok(ExitCode::SUCCESS)
         }
+        Command::Restart { ref service } => client_command(&args, |client, args| async move {
+            restart::restart(&client, &args.namespace, service).await
+        }),
+        Command::Rollout(ref command) => client_command(&args, |client, args| async move {
+            let ns = &args.namespace;
+            match command {
+                RolloutCommand::Status { service } => {
+                    rollout::status(&client, ns, service, args.json).await
+                }
+                RolloutCommand::History { service } => {
+                    rollout::history(&client, ns, service, args.json).await
+                }
+                RolloutCommand::Undo {
+                    service,
+                    to_revision,
+                } => rollout::undo(&client, ns, service, *to_revision).await,
+            }
+        }),
+        Command::Nodes => client_command(&args, |client, args| async move {
+            nodes::list(&client, args.json).await
+        }),
+        Command::Drain { ref node } => client_command(&args, |client, args| async move {
+            nodes::drain(&client, node, args.json).await
+        }),
+        Command::Remove { ref node } => client_command(&args, |client, args| async move {
+            nodes::remove(&client, node, args.json).await
+        }),
+        Command::Leave => client_command(&args, |client, args| async move {
+            nodes::leave(&client, args.json).await
+        }),
+        Command::Spawn {
+            ref task,
+            ref image,
+            cpu,
+            ref memory,
+            ref timeout,
+            ref env,
+            ref command,
+        } => client_command(&args, |client, args| async move {
+            let spawn = tasks::SpawnArgs {
+                task: task.as_deref(),
+                image: image.as_deref(),
+                cpu,
+                memory: memory.as_deref(),
+                timeout: timeout.as_deref(),
+                env,
+                command,
+            };
+            tasks::spawn(&client, &args.namespace, &spawn, args.json).await
+        }),
+        Command::Ps => client_command(&args, |client, args| async move {
+            tasks::ps(&client, &args.namespace, args.json).await
+        }),
+        Command::Kill { ref task_id } => client_command(&args, |client, args| async move {
+            tasks::kill(&client, &args.namespace, task_id, args.json).await
+        }),
         Command::AgentLogDriver { dir } => {
             mill_agent::logdriver::run(&dir)?;
             Ok(ExitCode::SUCCESS)
@@ -392,6 +557,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// A client command's result as the exit code (its error is printed by `main`).
 fn done(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Runs a client command of `args` on a fresh runtime with a [`client::Client`] made from
+/// the global flags.
+fn client_command<'a, F, Fut>(args: &'a Args, command: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(client::Client, &'a Args) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>> + 'a,
+{
+    let client = client::Client::new(&args.address, args.token.as_deref())?;
+    tokio::runtime::Runtime::new()?.block_on(command(client, args))
 }
 
 /// Runs a daemon command on a multi-threaded runtime with logs on stderr (`RUST_LOG`).

@@ -3,7 +3,8 @@
 //! `service_count` counts the Services of every namespace (not those being deleted);
 //! `task_count` the task runs not yet ended; cpu and memory are summed over the nodes
 //! (`available` only over ready ones, what the scheduler can still place on); `leader` is
-//! the leader's node name (`null` during an election).
+//! the leader's node name (`null` during an election). Beyond SPEC's fields, `node` names
+//! the node that answered (how `mill leave` finds the node `--address` points at).
 
 use super::{typed, ALLOCS, NODES, SERVICES};
 use crate::api::{respond, ApiState};
@@ -35,12 +36,13 @@ pub(crate) async fn status(State(state): State<Arc<ApiState>>) -> Response {
             .iter()
             .filter(|(n, _)| super::nodes::status_word(n) == "ready")
     };
-    let leader = store.raft_info().leader_id.and_then(|id| {
+    let name_of = |id: u64| {
         nodes
             .iter()
             .find(|n| n.spec.raft_id == id)
             .and_then(|n| n.metadata.name.clone())
-    });
+    };
+    let leader = store.raft_info().leader_id.and_then(name_of);
     respond::ok(&json!({
         "node_count": nodes.len(),
         "service_count": services,
@@ -50,5 +52,6 @@ pub(crate) async fn status(State(state): State<Arc<ApiState>>) -> Response {
         "memory_total_bytes": statuses.iter().map(|(_, s)| s.capacity.memory.bytes()).sum::<u64>(),
         "memory_available_bytes": ready().map(|(_, s)| s.allocatable.memory.bytes()).sum::<u64>(),
         "leader": leader,
+        "node": name_of(store.node_id()),
     }))
 }

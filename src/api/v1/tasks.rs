@@ -19,8 +19,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use mill_crds::{
-    Alloc, AllocOwner, AllocSpec, ByteSize, ContainerTemplate, DesiredState, Duration, OwnerKind,
-    Task, TaskSpec,
+    Alloc, AllocOwner, AllocPhase, AllocSpec, ByteSize, ContainerTemplate, DesiredState, Duration,
+    OwnerKind, Task, TaskSpec,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -55,7 +55,11 @@ fn task_json(alloc: &Alloc) -> Value {
         "id": alloc.metadata.name,
         "name": alloc.spec.owner.name,
         "node": alloc.spec.node_name,
-        "status": super::services::phase_word(status.phase),
+        // A task has no health check: the agent's `healthy` is simply `running` for it.
+        "status": super::services::phase_word(match status.phase {
+            AllocPhase::Healthy => AllocPhase::Running,
+            phase => phase,
+        }),
         "address": status.address,
         "cpu": alloc.spec.template.cpu,
         "memory": alloc.spec.template.memory.bytes(),
