@@ -222,3 +222,46 @@ async fn cli_errors_say_what_to_do_and_secrets_stay_secret() {
 fn head(text: &str, lines: usize) -> String {
     text.lines().take(lines).map(|l| format!("{l}\n")).collect()
 }
+
+#[test]
+fn every_cli_command_help_has_a_purpose_and_an_example() {
+    let commands: &[&[&str]] = &[
+        &["get"],
+        &["describe"],
+        &["delete"],
+        &["logs"],
+        &["status"],
+        &["completion"],
+        &["secret", "set"],
+        &["secret", "get"],
+        &["secret", "list"],
+        &["secret", "delete"],
+        &["volume", "list"],
+        &["volume", "delete"],
+    ];
+    for command in commands {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mill"))
+            .args(*command)
+            .arg("--help")
+            // The help names the values of these; the golden file has none.
+            .env_remove("MILL_ADDRESS")
+            .env_remove("MILL_TOKEN")
+            .env_remove("MILL_DATA_DIR")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mill {command:?} --help");
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let purpose = help.lines().next().unwrap_or_default();
+        assert!(
+            purpose.len() > 10 && !purpose.starts_with("Usage"),
+            "mill {command:?} --help starts with its purpose:\n{help}"
+        );
+        assert!(
+            help.contains("Example: `mill "),
+            "mill {command:?} --help shows an example:\n{help}"
+        );
+        if *command == ["get"] {
+            golden("help_get.txt", &help);
+        }
+    }
+}

@@ -6,7 +6,8 @@
 //! that node's agent (`/internal/agent/logs/...` on the API address its Node object
 //! publishes) and passed on: without `follow`, merged in time order and cut to the last
 //! `tail` lines; with `follow`, each alloc's tail and then its live lines as they come.
-//! A follow names the allocs that exist when it starts.
+//! For a service, only its live allocs are read once it has any. A follow names the
+//! allocs that exist when it starts.
 
 use super::secrets::NamespaceQuery;
 use crate::api::ApiState;
@@ -128,13 +129,24 @@ fn resolve(
     let chosen: Vec<Alloc> = if allocs.iter().any(named) {
         allocs.into_iter().filter(named).collect()
     } else {
-        allocs
+        let owned: Vec<Alloc> = allocs
             .into_iter()
             .filter(|a| {
                 a.spec.owner.name == name
                     && matches!(a.spec.owner.kind, OwnerKind::Service | OwnerKind::Task)
             })
-            .collect()
+            .collect();
+        // A service's current replicas, once it has any: replaced allocs linger until
+        // gc, and their old lines would crowd the tail.
+        let live = |a: &Alloc| !a.status.as_ref().is_some_and(|s| s.phase.is_terminal());
+        let is_service = owned
+            .iter()
+            .any(|a| a.spec.owner.kind == OwnerKind::Service);
+        if is_service && owned.iter().any(live) {
+            owned.into_iter().filter(live).collect()
+        } else {
+            owned
+        }
     };
     if chosen.is_empty() {
         let service = crate::store::Key {
