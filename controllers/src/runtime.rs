@@ -244,13 +244,16 @@ impl Loop {
             for probe in health.probes {
                 self.start_probe(probe, &done_tx);
             }
-            let mut actions = health.actions;
+            // gc first: a 409 ends the batch, and under steady churn (task runs ending
+            // while others start) some write of every batch conflicts; gc's deletions of
+            // ended allocs hold whatever the View's age, so they must not starve behind them.
+            let mut actions = gc::plan(&view, now, &self.knobs);
+            actions.extend(health.actions);
             actions.extend(scheduler::plan(&view, now, &self.knobs));
             actions.extend(rollout::plan(&view, now, &self.knobs));
             actions.extend(nodes::plan(&view, now, &self.knobs));
             actions.extend(drain::plan(&view));
             actions.extend(tasks::plan(&view, now));
-            actions.extend(gc::plan(&view, now, &self.knobs));
             actions.extend(deploy::plan(&view, now, &self.knobs));
             actions.extend(vip::plan(&view));
             // The same plan twice in a row means the last writes did not change what the
