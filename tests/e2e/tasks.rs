@@ -6,6 +6,8 @@ use super::harness::{phase, summary, Cluster, HEARTBEAT_TIMEOUT, WITHIN};
 use super::support::eventually;
 use mill_crds::AllocPhase;
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 fn template(cluster: &Cluster, script: &str) -> Value {
     json!({
@@ -123,44 +125,50 @@ async fn a_task_on_a_lost_host_fails_with_node_lost_and_is_not_retried() {
 /// SPEC §6: terminal task allocs beyond the newest 100 per task are deleted.
 const TASK_RUNS_KEPT: usize = 100;
 const RUNS: usize = 500;
-const WAVE: usize = 25;
+/// Runs kept going at once (created, not yet ended).
+const IN_FLIGHT: usize = 30;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_500_task_runs_the_alloc_count_stays_within_the_gc_limits() {
     let cluster = Cluster::start(&[]).await;
     let template = template(&cluster, "true");
     let mut most = 0;
-    for wave in 0..RUNS / WAVE {
-        let names: Vec<String> = (0..WAVE)
-            .map(|i| format!("job-{:04}", wave * WAVE + i))
-            .collect();
-        for name in &names {
+    let mut next = 0;
+    let mut pending: BTreeSet<String> = BTreeSet::new();
+    let mut progress = Instant::now();
+    while next < RUNS || !pending.is_empty() {
+        while next < RUNS && pending.len() < IN_FLIGHT {
+            let name = format!("job-{next:04}");
             cluster
-                .spawn_task("job", name, template.clone(), None)
+                .spawn_task("job", &name, template.clone(), None)
                 .await;
+            pending.insert(name);
+            next += 1;
         }
-        eventually(WITHIN, &format!("wave {wave} of runs ended"), || async {
-            let allocs = cluster.all_allocs().await;
-            let ended = allocs
-                .iter()
-                .filter(|a| names.contains(a.metadata.name.as_ref().unwrap()))
-                .filter(|a| phase(a).is_terminal())
-                .count();
-            // A run already collected ended too (gc only deletes ended runs).
-            let present = allocs
-                .iter()
-                .filter(|a| names.contains(a.metadata.name.as_ref().unwrap()))
-                .count();
-            (ended == present).then_some(())
-        })
-        .await;
-        let count = cluster.all_allocs().await.len();
-        most = most.max(count);
+        let allocs = cluster.all_allocs().await;
+        most = most.max(allocs.len());
+        // The ended runs gc may not have collected yet are at most the ones that ended
+        // since its last plan: bounded by what runs at once.
         assert!(
-            count <= TASK_RUNS_KEPT + 2 * WAVE,
-            "{count} Alloc objects after {} runs: gc does not keep up",
-            (wave + 1) * WAVE
+            allocs.len() <= TASK_RUNS_KEPT + 2 * IN_FLIGHT,
+            "{} Alloc objects after {next} runs were made: gc does not keep up",
+            allocs.len()
         );
+        let before = pending.len();
+        pending.retain(|name| {
+            allocs
+                .iter()
+                .find(|a| a.metadata.name.as_ref() == Some(name))
+                .is_some_and(|a| !phase(a).is_terminal())
+        });
+        if pending.len() < before {
+            progress = Instant::now();
+        }
+        assert!(
+            progress.elapsed() < WITHIN,
+            "no task run ended for {WITHIN:?}; still running: {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let allocs = eventually(WITHIN, "the newest 100 runs kept", || async {
         let allocs = cluster.all_allocs().await;
@@ -172,13 +180,16 @@ async fn after_500_task_runs_the_alloc_count_stays_within_the_gc_limits() {
         "every run exited 0: {:#?}",
         summary(&allocs)
     );
+    // The kept runs are the newest: runs end roughly in the order they were made (at most
+    // IN_FLIGHT run at once), so none of the oldest ones survives.
     let oldest_kept = allocs
         .iter()
         .filter_map(|a| a.metadata.name.clone())
         .min()
         .unwrap();
+    let bound = format!("job-{:04}", RUNS - TASK_RUNS_KEPT - 2 * IN_FLIGHT);
     assert!(
-        oldest_kept.as_str() >= "job-0400",
+        oldest_kept >= bound,
         "the newest runs are the ones kept, yet {oldest_kept} is"
     );
     eprintln!("gc: at most {most} Alloc objects during {RUNS} runs");
