@@ -535,19 +535,29 @@ async fn stream_cutting_proxy(upstream: String) -> String {
             if is_deploy && !cut {
                 cut = true;
                 tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buffer = vec![0; 64 * 1024];
-                    while let Ok(n) = server.read(&mut buffer).await {
-                        if n == 0 {
-                            return;
+                    let (mut from_client, mut to_client) = client.split();
+                    let (mut from_server, mut to_server) = server.split();
+                    // The rest of the request (its body may come in later segments).
+                    let request = tokio::io::copy(&mut from_client, &mut to_server);
+                    let answer = async {
+                        let mut seen = Vec::new();
+                        let mut buffer = vec![0; 64 * 1024];
+                        while let Ok(n) = from_server.read(&mut buffer).await {
+                            if n == 0 {
+                                return;
+                            }
+                            to_client.write_all(&buffer[..n]).await.ok();
+                            seen.extend_from_slice(&buffer[..n]);
+                            if String::from_utf8_lossy(&seen).contains("event: progress") {
+                                return;
+                            }
                         }
-                        client.write_all(&buffer[..n]).await.ok();
-                        seen.extend_from_slice(&buffer[..n]);
-                        if String::from_utf8_lossy(&seen).contains("event: progress") {
-                            // Both sockets drop here: the CLI sees the stream end.
-                            return;
-                        }
+                    };
+                    tokio::select! {
+                        _ = request => {}
+                        () = answer => {}
                     }
+                    // Both sockets drop here: the CLI sees the stream end mid-deploy.
                 });
             } else {
                 tokio::spawn(async move {
