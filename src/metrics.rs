@@ -6,10 +6,10 @@
 //!   and this node's Raft term, commit and applied index;
 //! - figures counted in this process: the controllers' plans and failed writes (a
 //!   [`mill_controllers::metrics::Metrics`] the daemon hands the controllers' loop), the
-//!   latency of API writes (propose → applied, as a client sees it), and the families the
-//!   proxy and the agent's usage sampling will feed (`mill_proxy_*`, `mill_alloc_cpu_usage`,
-//!   `mill_alloc_memory_bytes`, `mill_tasks_duration_seconds`): registered now, empty until
-//!   those components exist.
+//!   latency of API writes (propose → applied, as a client sees it), the ingress proxy's
+//!   `mill_proxy_*` (fed by `net::proxy`), and the families the agent's usage sampling will
+//!   feed (`mill_alloc_cpu_usage`, `mill_alloc_memory_bytes`, `mill_tasks_duration_seconds`):
+//!   registered now, empty until those components exist.
 
 use crate::store::{Role, Store};
 use mill_crds::{Alloc, Node, Task};
@@ -30,7 +30,9 @@ use std::time::Duration;
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Label pairs of one series.
-type Labels = Vec<(String, String)>;
+pub type Labels = Vec<(String, String)>;
+/// `mill_proxy_requests_total`'s family.
+pub type ProxyRequests = Family<Labels, Counter>;
 
 /// The metrics this process counts; clones share them.
 #[derive(Debug, Clone)]
@@ -74,6 +76,11 @@ impl Metrics {
         self.controllers.clone()
     }
 
+    /// The families the ingress proxy counts in: requests and latency.
+    pub fn proxy(&self) -> (ProxyRequests, Family<Labels, Histogram>) {
+        (self.proxy_requests.clone(), self.proxy_latency.clone())
+    }
+
     /// One API write (`verb` = the HTTP method) took `took` until the store answered.
     pub fn observe_api_write(&self, verb: &str, took: Duration) {
         self.api_writes
@@ -96,12 +103,12 @@ impl Metrics {
         );
         registry.register(
             "proxy_requests",
-            "Requests the proxy forwarded, by service (fed once the proxy exists)",
+            "Requests the ingress proxy answered on a route, by namespace, service, route and status class",
             self.proxy_requests.clone(),
         );
         registry.register(
             "proxy_latency_seconds",
-            "Latency of proxied requests, by service (fed once the proxy exists)",
+            "Ingress proxy latency, request to response head, by namespace, service and route",
             self.proxy_latency.clone(),
         );
         registry.register(

@@ -1,0 +1,874 @@
+//! The ingress HTTP proxy (SPEC §5) on `--http-addr`: HTTP/1.1 and HTTP/2 (h2c with prior
+//! knowledge) from clients, HTTP/1.1 with pooled keep-alive connections to backends.
+//!
+//! - **Routing**: the Host (URI authority for HTTP/2 and absolute-form requests, else the
+//!   `Host` header; port and a trailing dot stripped, case-insensitive) and the longest
+//!   matching path prefix across every service's routes. A prefix matches at a segment
+//!   boundary: `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; a prefix ending in
+//!   `/` matches everything below it. No match → 404; a route whose service has no backend
+//!   → 503. The index is rebuilt from the routing table the first time a request sees a
+//!   new table, so a request always routes by the newest table (what the routing barrier
+//!   reports as applied).
+//! - **Backends**: the fewest requests in flight through this node first, ties taken in
+//!   turn. Each request holds its backend's [`Load`](super::table::Load) from before the
+//!   connect until the response body ends (or the WebSocket tunnel closes), so drain waits
+//!   for streaming bodies too. A backend that leaves the table keeps what is in flight:
+//!   the request holds its own `Arc<Load>` and connection, nothing is cut.
+//! - **Retries**: a failed connect (refused, reset, timed out: nothing was sent) moves on
+//!   to the next backend, up to [`MAX_ATTEMPTS`] backends. Any other failure before a
+//!   response head is retried only for idempotent methods whose request body was not
+//!   streamed yet (empty, or never polled); everything else answers 502.
+//! - **Headers**: `X-Forwarded-For` gets the client's IP appended, `X-Forwarded-Proto` and
+//!   `X-Forwarded-Host` are set (overwritten); `Host` is passed on unchanged. Hop-by-hop
+//!   headers (`Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`,
+//!   `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`, `Transfer-Encoding`,
+//!   `Upgrade`) are dropped in both directions; each hop frames bodies itself. A backend's
+//!   `Connection: close` therefore does not close the client's connection.
+//! - **WebSocket**: an HTTP/1.1 `Upgrade: websocket` request is tunnelled (both sides
+//!   upgraded with `hyper::upgrade`, bytes copied until either side closes) only on a route
+//!   with `websocket = true`; elsewhere it is refused with 400. A tunnel lives on its own
+//!   task and ignores later table changes. Other `Upgrade` values (h2c) are dropped as
+//!   hop-by-hop and the request is proxied as a plain one.
+//! - **Limits**: bodies are streamed both ways, never buffered, so there is no body size
+//!   limit (backends enforce their own); headers are bounded by hyper's defaults. Timeouts:
+//!   connect `MILL_PROXY_CONNECT_TIMEOUT_MS` (2000, then the next backend), response head
+//!   `MILL_PROXY_RESPONSE_TIMEOUT_MS` (60000, then 504, not retried), client idle / header
+//!   read `MILL_PROXY_IDLE_TIMEOUT_MS` (60000). Idle upstream connections are closed after
+//!   [`POOL_IDLE`]. Bodies and tunnels have no timeout (long polls, streams).
+//! - **Metrics**: `mill_proxy_requests_total{namespace,service,route,code}` (`code` is
+//!   the class, `2xx`…`5xx`) and `mill_proxy_latency_seconds{namespace,service,route}`
+//!   (request → response head) for every request that matched a route.
+
+use super::table::{Backend, InFlight, Routing, RoutingTable, ServiceRoutes};
+use arc_swap::ArcSwap;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The most backends one request tries.
+pub const MAX_ATTEMPTS: usize = 4;
+/// How long an idle upstream connection stays pooled.
+pub const POOL_IDLE: Duration = Duration::from_secs(30);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The proxy's timeouts (`MILL_PROXY_*`, from the daemon's knobs).
+#[derive(Debug, Clone)]
+pub struct ProxyKnobs {
+    /// `MILL_PROXY_CONNECT_TIMEOUT_MS` (2000): one connect attempt to a backend.
+    pub connect_timeout: Duration,
+    /// `MILL_PROXY_RESPONSE_TIMEOUT_MS` (60000): request sent → response head.
+    pub response_timeout: Duration,
+    /// `MILL_PROXY_IDLE_TIMEOUT_MS` (60000): a client connection's wait for the next
+    /// request's headers.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ProxyKnobs {
+    fn default() -> Self {
+        ProxyKnobs {
+            connect_timeout: Duration::from_millis(2000),
+            response_timeout: Duration::from_millis(60_000),
+            idle_timeout: Duration::from_millis(60_000),
+        }
+    }
+}
+
+/// Where and how the proxy serves.
+#[derive(Clone)]
+pub struct ProxyConfig {
+    /// `--http-addr`.
+    pub addr: SocketAddr,
+    /// Timeouts.
+    pub knobs: ProxyKnobs,
+    /// The node's metrics, if it keeps any.
+    pub metrics: Option<crate::metrics::Metrics>,
+}
+
+/// Binds `config.addr` and serves the proxy on it until the process ends; returns the
+/// bound address (useful with port 0).
+pub async fn serve(routing: Routing, config: ProxyConfig) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(config.addr).await?;
+    let addr = listener.local_addr()?;
+    let proxy = Arc::new(Proxy::new(routing, &config));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.knobs.idle_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    tracing::info!("ingress proxy listening on http://{addr}");
+    tokio::spawn(accept(listener, proxy, builder));
+    Ok(addr)
+}
+
+type ServerBuilder = hyper_util::server::conn::auto::Builder<TokioExecutor>;
+
+async fn accept(listener: TcpListener, proxy: Arc<Proxy>, builder: ServerBuilder) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let proxy = proxy.clone();
+                let builder = builder.clone();
+                tokio::spawn(async move { connection(stream, peer, proxy, builder).await });
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: the next accept may work.
+                tracing::warn!("ingress proxy: accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    builder: ServerBuilder,
+) {
+    stream.set_nodelay(true).ok();
+    let service = hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+    });
+    let io = TokioIo::new(stream);
+    if let Err(err) = builder.serve_connection_with_upgrades(io, service).await {
+        tracing::debug!("ingress proxy: connection from {peer}: {err}");
+    }
+}
+
+/// The proxy's shared state.
+struct Proxy {
+    routing: Routing,
+    index: ArcSwap<Index>,
+    client: Client<HttpConnector, UpBody>,
+    knobs: ProxyKnobs,
+    metrics: Option<crate::metrics::Metrics>,
+    turn: AtomicUsize,
+}
+
+/// The routes of one table, by host.
+struct Index {
+    table: Arc<RoutingTable>,
+    hosts: HashMap<String, Vec<Arc<RouteEntry>>>,
+}
+
+/// One route of one service.
+struct RouteEntry {
+    path: String,
+    websocket: bool,
+    service: Arc<ServiceRoutes>,
+    metrics: Option<RouteMetrics>,
+}
+
+impl Index {
+    fn build(table: Arc<RoutingTable>, metrics: Option<&crate::metrics::Metrics>) -> Index {
+        let mut hosts: HashMap<String, Vec<Arc<RouteEntry>>> = HashMap::new();
+        for service in table.services.values() {
+            for route in &service.routes {
+                let host = normalize_host(&route.host).into_owned();
+                let path = if route.path.is_empty() {
+                    "/".to_string()
+                } else {
+                    route.path.clone()
+                };
+                let metrics = metrics.map(|m| RouteMetrics::new(m, service, &host, &path));
+                hosts.entry(host).or_default().push(Arc::new(RouteEntry {
+                    path,
+                    websocket: route.websocket,
+                    service: service.clone(),
+                    metrics,
+                }));
+            }
+        }
+        // Longest prefix first; the services' order (namespace, name) breaks ties.
+        for entries in hosts.values_mut() {
+            entries.sort_by_key(|e| std::cmp::Reverse(e.path.len()));
+        }
+        Index { table, hosts }
+    }
+
+    fn find(&self, host: &str, path: &str) -> Option<&Arc<RouteEntry>> {
+        self.hosts
+            .get(host)?
+            .iter()
+            .find(|e| prefix_matches(&e.path, path))
+    }
+}
+
+/// Whether route prefix `prefix` covers request path `path` (at a segment boundary).
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let path = if path.is_empty() { "/" } else { path };
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+/// A host as routes name it: lower case, without port or trailing dot.
+fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let host = host.trim();
+    let host = if host.starts_with('[') {
+        // [v6]:port
+        host.find(']').map_or(host, |end| &host[..=end])
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
+/// The metric handles of one route.
+struct RouteMetrics {
+    requests: crate::metrics::ProxyRequests,
+    labels: Vec<(String, String)>,
+    by_class: [OnceLock<Counter>; 5],
+    latency: Histogram,
+}
+
+impl RouteMetrics {
+    fn new(
+        metrics: &crate::metrics::Metrics,
+        service: &ServiceRoutes,
+        host: &str,
+        path: &str,
+    ) -> RouteMetrics {
+        let (requests, latency) = metrics.proxy();
+        let labels = vec![
+            ("namespace".to_string(), service.name.namespace.clone()),
+            ("service".to_string(), service.name.name.clone()),
+            ("route".to_string(), format!("{host}{path}")),
+        ];
+        let latency = latency.get_or_create(&labels).clone();
+        RouteMetrics {
+            requests,
+            labels,
+            by_class: Default::default(),
+            latency,
+        }
+    }
+
+    fn observe(&self, status: StatusCode, took: Duration) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize;
+        self.by_class[class - 1]
+            .get_or_init(|| {
+                let mut labels = self.labels.clone();
+                labels.push(("code".to_string(), format!("{class}xx")));
+                self.requests.get_or_create(&labels).clone()
+            })
+            .inc();
+        self.latency.observe(took.as_secs_f64());
+    }
+}
+
+/// Headers dropped between hops (besides those `Connection` names).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Whether the request asks for a WebSocket upgrade (HTTP/1.1 `Connection: upgrade` +
+/// `Upgrade: websocket`).
+fn wants_websocket(req: &Request<Incoming>) -> bool {
+    let token = |name: &HeaderName, want: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(want))
+    };
+    req.version() == Version::HTTP_11
+        && token(&header::CONNECTION, "upgrade")
+        && token(&header::UPGRADE, "websocket")
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// A short text answer of the proxy's own.
+fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::Full(Some(Bytes::from(message + "\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+impl Proxy {
+    fn new(routing: Routing, config: &ProxyConfig) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.knobs.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .set_host(false)
+            .build(connector);
+        let index = Index::build(routing.load(), config.metrics.as_ref());
+        Proxy {
+            routing,
+            index: ArcSwap::from_pointee(index),
+            client,
+            knobs: config.knobs.clone(),
+            metrics: config.metrics.clone(),
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    /// The index of the current table, rebuilt if the table changed.
+    fn index(&self) -> Arc<Index> {
+        let table = self.routing.load();
+        let index = self.index.load_full();
+        if Arc::ptr_eq(&index.table, &table) {
+            return index;
+        }
+        let fresh = Arc::new(Index::build(table, self.metrics.as_ref()));
+        self.index.store(fresh.clone());
+        fresh
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let began = Instant::now();
+        let raw_host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
+        let Some(raw_host) = raw_host else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the request names no host: send a Host header".into(),
+            );
+        };
+        let host = normalize_host(&raw_host);
+        let index = self.index();
+        let Some(route) = index.find(&host, req.uri().path()).cloned() else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no route for {host}{}", req.uri().path()),
+            );
+        };
+        drop(index);
+        let response = self.forward(req, peer, &raw_host, &route).await;
+        if let Some(metrics) = &route.metrics {
+            metrics.observe(response.status(), began.elapsed());
+        }
+        response
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        raw_host: &str,
+        route: &RouteEntry,
+    ) -> Response<ProxyBody> {
+        let service = &route.service;
+        let websocket = wants_websocket(&req);
+        if websocket && !route.websocket {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "route {}{} of service {} does not allow WebSocket upgrades (set websocket = true on the route)",
+                    normalize_host(raw_host),
+                    route.path,
+                    service.name.name
+                ),
+            );
+        }
+        if service.backends.is_empty() {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "service {} has no healthy instance right now; retry shortly",
+                    service.name.name
+                ),
+            );
+        }
+        let (mut parts, body) = req.into_parts();
+        let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        forwarded_headers(&mut parts.headers, peer, raw_host);
+        if !parts.headers.contains_key(header::HOST) {
+            if let Ok(value) = HeaderValue::from_str(raw_host) {
+                parts.headers.insert(header::HOST, value);
+            }
+        }
+        if let (true, Some(value)) = (websocket, upgrade_value) {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, value);
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        let body = UpSource::new(body);
+        let retry_after_send = idempotent(&parts.method);
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_error = String::new();
+        let backends = &service.backends;
+        let attempts = backends.len().min(MAX_ATTEMPTS);
+        for attempt in 0..attempts {
+            let Some(i) = pick(backends, &tried, turn) else {
+                break;
+            };
+            tried.push(i);
+            let backend = &backends[i];
+            let in_flight = backend.load.start();
+            let uri: Uri = match format!("http://{}{path}", backend.address).parse() {
+                Ok(uri) => uri,
+                Err(err) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot forward the request path {path:?}: {err}"),
+                    )
+                }
+            };
+            let last = attempt + 1 == attempts;
+            let mut upstream = Request::new(body.attempt(attempt));
+            *upstream.method_mut() = parts.method.clone();
+            *upstream.uri_mut() = uri;
+            *upstream.version_mut() = Version::HTTP_11;
+            *upstream.headers_mut() = if last {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            let sent =
+                tokio::time::timeout(self.knobs.response_timeout, self.client.request(upstream));
+            match sent.await {
+                Ok(Ok(response)) => {
+                    return self.respond(response, in_flight, backend, websocket, &mut parts)
+                }
+                Ok(Err(err)) if err.is_connect() => {
+                    tracing::debug!(
+                        "ingress proxy: cannot connect to {}: {err}",
+                        backend.address
+                    );
+                    last_error = format!(
+                        "cannot connect to {}: {}",
+                        backend.alloc.name,
+                        source_chain(&err)
+                    );
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!("ingress proxy: {} failed: {err}", backend.address);
+                    last_error = format!("{} failed: {}", backend.alloc.name, source_chain(&err));
+                    if !(retry_after_send && body.replayable()) {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    return text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "{} did not answer within {:?}",
+                            backend.alloc.name, self.knobs.response_timeout
+                        ),
+                    )
+                }
+            }
+        }
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!("service {}: {last_error}", service.name.name),
+        )
+    }
+
+    /// The client's answer from the backend's; a 101 to a WebSocket request starts the
+    /// tunnel.
+    fn respond(
+        &self,
+        mut response: Response<Incoming>,
+        in_flight: InFlight,
+        backend: &Backend,
+        websocket: bool,
+        parts: &mut http::request::Parts,
+    ) -> Response<ProxyBody> {
+        if websocket && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream = hyper::upgrade::on(&mut response);
+            let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+            let (mut head, _) = response.into_parts();
+            let upgrade = head.headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(&mut head.headers);
+            if let Some(value) = upgrade {
+                head.headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                head.headers.insert(header::UPGRADE, value);
+            }
+            let address = backend.address;
+            tokio::spawn(async move {
+                let _in_flight = in_flight;
+                let Some(downstream) = downstream else {
+                    return;
+                };
+                match tokio::try_join!(downstream, upstream) {
+                    Ok((client, server)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut server = TokioIo::new(server);
+                        if let Err(err) =
+                            tokio::io::copy_bidirectional(&mut client, &mut server).await
+                        {
+                            tracing::debug!("ingress proxy: WebSocket to {address}: {err}");
+                        }
+                    }
+                    Err(err) => tracing::debug!("ingress proxy: WebSocket to {address}: {err}"),
+                }
+            });
+            return Response::from_parts(head, ProxyBody::Full(None));
+        }
+        let (mut head, body) = response.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        Response::from_parts(
+            head,
+            ProxyBody::Upstream {
+                body,
+                in_flight: Some(in_flight),
+            },
+        )
+    }
+}
+
+/// The error and its causes on one line.
+fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Sets `X-Forwarded-For` (appended), `-Proto` and `-Host`.
+fn forwarded_headers(headers: &mut HeaderMap, peer: SocketAddr, raw_host: &str) {
+    static FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    static PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    static HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let ip = peer.ip().to_canonical();
+    let mut value = String::new();
+    for previous in headers.get_all(&FOR).iter().filter_map(|v| v.to_str().ok()) {
+        value.push_str(previous);
+        value.push_str(", ");
+    }
+    value.push_str(&ip.to_string());
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(FOR.clone(), value);
+    }
+    headers.insert(PROTO.clone(), HeaderValue::from_static("http"));
+    if let Ok(value) = HeaderValue::from_str(raw_host) {
+        headers.insert(HOST.clone(), value);
+    }
+}
+
+/// The untried backend with the fewest requests in flight; ties in turn.
+fn pick(backends: &[Backend], tried: &[usize], turn: usize) -> Option<usize> {
+    let n = backends.len();
+    (0..n)
+        .map(|k| (k + turn) % n)
+        .filter(|i| !tried.contains(i))
+        .min_by_key(|i| backends[*i].load.in_flight())
+}
+
+/// The request body, shared by the attempts: an attempt may take it only while no
+/// earlier attempt streamed any of it.
+struct UpSource {
+    body: Option<Arc<Shared>>,
+}
+
+struct Shared {
+    body: Mutex<Incoming>,
+    /// Which attempt may poll it.
+    owner: AtomicUsize,
+    /// Whether a frame of it went out.
+    started: AtomicBool,
+}
+
+impl UpSource {
+    fn new(body: Incoming) -> UpSource {
+        let body = (!body.is_end_stream()).then(|| {
+            Arc::new(Shared {
+                body: Mutex::new(body),
+                owner: AtomicUsize::new(0),
+                started: AtomicBool::new(false),
+            })
+        });
+        UpSource { body }
+    }
+
+    fn attempt(&self, attempt: usize) -> UpBody {
+        match &self.body {
+            None => UpBody::Empty,
+            Some(shared) => {
+                shared.owner.store(attempt, Ordering::SeqCst);
+                UpBody::Stream {
+                    shared: shared.clone(),
+                    attempt,
+                }
+            }
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        self.body
+            .as_ref()
+            .is_none_or(|s| !s.started.load(Ordering::SeqCst))
+    }
+}
+
+/// The body of one upstream attempt.
+enum UpBody {
+    Empty,
+    Stream { shared: Arc<Shared>, attempt: usize },
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::Empty => Poll::Ready(None),
+            UpBody::Stream { shared, attempt } => {
+                if shared.owner.load(Ordering::SeqCst) != *attempt {
+                    return Poll::Ready(Some(Err("the request went to another backend".into())));
+                }
+                let mut body = shared.body.lock().unwrap_or_else(|e| e.into_inner());
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Ready(Some(frame)) => {
+                        shared.started.store(true, Ordering::SeqCst);
+                        Poll::Ready(Some(frame.map_err(Into::into)))
+                    }
+                    other => other.map(|f| f.map(|f| f.map_err(Into::into))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Empty => true,
+            UpBody::Stream { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Empty => SizeHint::with_exact(0),
+            UpBody::Stream { shared, .. } => shared
+                .body
+                .lock()
+                .map(|b| b.size_hint())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The body of the client's answer: the backend's, holding its in-flight count until it
+/// ends, or the proxy's own.
+pub enum ProxyBody {
+    /// From the backend.
+    Upstream {
+        /// The backend's body.
+        body: Incoming,
+        /// Released when the body ends.
+        in_flight: Option<InFlight>,
+    },
+    /// The proxy's own (or empty).
+    Full(Option<Bytes>),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream { body, in_flight } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &polled {
+                    in_flight.take();
+                }
+                polled.map(|f| f.map(|f| f.map_err(Into::into)))
+            }
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_at_segment_boundaries() {
+        assert!(prefix_matches("/", "/"));
+        assert!(prefix_matches("/", "/anything/below"));
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/"));
+        assert!(prefix_matches("/api", "/api/v1"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(prefix_matches("/api/", "/api/v1"));
+        assert!(!prefix_matches("/api/", "/api"));
+        assert!(!prefix_matches("/api", "/"));
+    }
+
+    #[test]
+    fn hosts_lose_port_case_and_trailing_dot() {
+        assert_eq!(normalize_host("Example.COM:8080"), "example.com");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("example.com"), "example.com");
+        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        assert_eq!(normalize_host("10.0.0.1:80"), "10.0.0.1");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "secret"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("te", "trailers"),
+            ("x-kept", "yes"),
+            ("content-length", "3"),
+        ] {
+            headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-length", "x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        forwarded_headers(
+            &mut headers,
+            "[::ffff:127.0.0.2]:5000".parse().unwrap(),
+            "a.test:80",
+        );
+        assert_eq!(headers["x-forwarded-for"], "10.1.1.1, 127.0.0.2");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "a.test:80");
+    }
+
+    #[test]
+    fn the_least_loaded_untried_backend_is_picked_and_ties_take_turns() {
+        use crate::net::table::{Load, Name};
+        let backend = |name: &str| Backend {
+            alloc: Name {
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            node: "node-1".into(),
+            address: "127.0.0.1:1".parse().unwrap(),
+            load: Arc::new(Load::default()),
+        };
+        let backends = vec![backend("a"), backend("b"), backend("c")];
+        let firsts: Vec<usize> = (0..3).map(|t| pick(&backends, &[], t).unwrap()).collect();
+        assert_eq!(firsts, [0, 1, 2]);
+        let _a = backends[0].load.start();
+        let _b = backends[1].load.start();
+        assert_eq!(pick(&backends, &[], 0), Some(2));
+        assert_eq!(pick(&backends, &[2], 0), Some(0));
+        assert_eq!(pick(&backends, &[0, 1, 2], 0), None);
+    }
+}
