@@ -15,8 +15,8 @@ use support::containerd::Containerd;
 use support::images;
 use support::node::{MillNode, TOKEN};
 use support::registry::Registry;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 /// Generous bound for anything container-related on a loaded 2-core CI machine.
 const WITHIN: Duration = Duration::from_secs(120);
@@ -74,14 +74,25 @@ async fn mill(address: &str, args: &[&str]) -> String {
     stdout
 }
 
-/// Reads `child`'s stdout lines until one satisfies `wanted`; returns every line read.
+/// A child's stdout, line by line (one reader for its whole life: a reader buffers).
+type ChildLines = Lines<BufReader<ChildStdout>>;
+
+/// Spawns the CLI with its stdout piped, for commands that go on printing.
+fn spawn(address: &str, args: &[&str]) -> (Child, ChildLines) {
+    let mut child = command(address, args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().expect("piped stdout");
+    (child, BufReader::new(stdout).lines())
+}
+
+/// Reads lines until one satisfies `wanted`; returns every line read.
 async fn read_until(
-    child: &mut tokio::process::Child,
+    lines: &mut ChildLines,
     what: &str,
     mut wanted: impl FnMut(&str) -> bool,
 ) -> Vec<String> {
-    let stdout = child.stdout.as_mut().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
     let mut seen = Vec::new();
     let found = tokio::time::timeout(WITHIN, async {
         while let Some(line) = lines.next_line().await.unwrap() {
@@ -215,13 +226,10 @@ async fn cli_commands_against_a_live_cluster() {
     let tail = mill(&address, &["logs", "hello", "-n", "3"]).await;
     assert_eq!(tail.lines().count(), 3, "{tail}");
     assert!(tail.lines().all(|l| l.starts_with("tick ")), "{tail}");
-    let mut follow = command(&address, &["logs", "hello", "-f", "-n", "1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut follow, mut follow_lines) = spawn(&address, &["logs", "hello", "-f", "-n", "1"]);
     let mut first_tick: Option<u64> = None;
     read_until(
-        &mut follow,
+        &mut follow_lines,
         "a tick written after the follow began",
         |line| {
             let n: Option<u64> = line.strip_prefix("tick ").and_then(|n| n.parse().ok());
@@ -242,18 +250,19 @@ async fn cli_commands_against_a_live_cluster() {
     let prefix = format!("[{first_alloc}] tick ");
     assert!(all.lines().all(|l| l.starts_with(&prefix)), "{all}");
 
-    // get -w prints the rollout's new alloc as it appears.
-    let mut watch = command(&address, &["get", "allocs", "-w"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // get -w lists, then prints the rollout's new alloc as it appears.
+    let (mut watch, mut watch_lines) = spawn(&address, &["get", "allocs", "-w"]);
+    let listed = read_until(&mut watch_lines, "the list", |line| {
+        line.starts_with(&first_alloc)
+    })
+    .await;
+    assert!(listed[0].starts_with("NAME "), "{listed:?}");
     std::fs::write(&file, config(&image, "v2")).unwrap();
     mill(&address, &["deploy", "-f", file_arg]).await;
-    let seen = read_until(&mut watch, "the new revision's alloc", |line| {
+    read_until(&mut watch_lines, "the new revision's alloc", |line| {
         line.starts_with("hello-2-")
     })
     .await;
-    assert!(seen[0].starts_with("NAME "), "{seen:?}");
     watch.kill().await.ok();
 
     // describe shows the rollout's history.
