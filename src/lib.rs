@@ -7,4 +7,5 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod net;
 pub mod store;

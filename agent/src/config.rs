@@ -10,8 +10,10 @@ use std::time::Duration;
 pub struct AgentConfig {
     /// This node's name (`spec.nodeName` of its allocs, the name of its Node object).
     pub node_name: String,
-    /// The advertised IP: alloc addresses and the containers' nameserver.
+    /// The advertised IP: alloc addresses.
     pub advertise: String,
+    /// The IP of this node's DNS server: the containers' `/etc/resolv.conf` names it.
+    pub nameserver: String,
     /// The node's data dir: logs, volumes, per-alloc scratch space.
     pub data_dir: PathBuf,
     /// containerd's socket.

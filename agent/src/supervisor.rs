@@ -588,7 +588,7 @@ impl Supervisor {
         let resolv = self.scratch.join("resolv.conf");
         std::fs::write(
             &resolv,
-            format!("nameserver {}\nsearch mill\n", self.ctx.config.advertise),
+            format!("nameserver {}\nsearch mill\n", self.ctx.config.nameserver),
         )
         .map_err(|e| format!("cannot write resolv.conf: {e}"))?;
         let mut mounts = vec![BindMount {

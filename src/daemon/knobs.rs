@@ -33,6 +33,10 @@ pub struct Knobs {
     /// `MILL_DEPLOY_TIMEOUT_MS` (600000), `MILL_DRAIN_GRACE_MS` (5000),
     /// `MILL_ALLOC_RETENTION_SECS` (86400); the port range comes from `--port-range`.
     pub controllers: mill_controllers::Knobs,
+    /// Networking: `MILL_DNS_FORWARD_TIMEOUT_MS` (2000), `MILL_VIP_CONNECT_TIMEOUT_MS`
+    /// (2000), `MILL_ROUTING_POLL_MS` (10), `MILL_PROXY_CONNECT_TIMEOUT_MS` (2000),
+    /// `MILL_PROXY_RESPONSE_TIMEOUT_MS` (60000), `MILL_PROXY_IDLE_TIMEOUT_MS` (60000).
+    pub net: crate::net::NetKnobs,
 }
 
 impl Knobs {
@@ -66,6 +70,16 @@ impl Knobs {
                 drain_grace: millis("MILL_DRAIN_GRACE_MS", 5000)?,
                 alloc_retention: Duration::from_secs(var("MILL_ALLOC_RETENTION_SECS", 86_400)?),
                 ..mill_controllers::Knobs::default()
+            },
+            net: crate::net::NetKnobs {
+                dns_forward_timeout: millis("MILL_DNS_FORWARD_TIMEOUT_MS", 2000)?,
+                vip_connect_timeout: millis("MILL_VIP_CONNECT_TIMEOUT_MS", 2000)?,
+                routing_poll: millis("MILL_ROUTING_POLL_MS", 10)?,
+                proxy: crate::net::proxy::ProxyKnobs {
+                    connect_timeout: millis("MILL_PROXY_CONNECT_TIMEOUT_MS", 2000)?,
+                    response_timeout: millis("MILL_PROXY_RESPONSE_TIMEOUT_MS", 60_000)?,
+                    idle_timeout: millis("MILL_PROXY_IDLE_TIMEOUT_MS", 60_000)?,
+                },
             },
         })
     }

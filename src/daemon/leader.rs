@@ -15,6 +15,7 @@ pub(crate) fn follow(
     knobs: &Knobs,
     port_range: mill_agent::PortRange,
     metrics: mill_controllers::metrics::Metrics,
+    token: &str,
 ) -> JoinHandle<()> {
     if !knobs.run_controllers {
         tracing::info!("controllers disabled on this node (MILL_RUN_CONTROLLERS=0)");
@@ -22,6 +23,10 @@ pub(crate) fn follow(
     }
     let mut controller_knobs = knobs.controllers.clone();
     controller_knobs.port_range = port_range.first..=port_range.last;
+    // The routing barrier asks every live node's tables (`/internal/routing/applied`).
+    let barrier = mill_controllers::barrier::Barrier::Nodes {
+        token: token.to_string(),
+    };
     let pacing = mill_controllers::runtime::Pacing {
         tick: knobs.watchdog_tick,
     };
@@ -35,11 +40,12 @@ pub(crate) fn follow(
             match (&running, leader) {
                 (None, true) => {
                     tracing::info!("this node leads: starting the controllers");
-                    let run = mill_controllers::runtime::run_observed(
+                    let run = mill_controllers::runtime::run_routed(
                         client.clone(),
                         controller_knobs.clone(),
                         pacing.clone(),
                         metrics.clone(),
+                        barrier.clone(),
                     );
                     running = Some(tokio::spawn(async move {
                         if let Err(err) = run.await {

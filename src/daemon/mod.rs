@@ -27,6 +27,12 @@ pub struct DaemonArgs {
     /// Where the API (and node-to-node RPC) listens.
     #[arg(long, env = "MILL_API_ADDR", default_value = "0.0.0.0:4400")]
     pub api_addr: String,
+    /// Where DNS (zone `mill.`, UDP and TCP) listens [default: <advertise>:53].
+    #[arg(long, env = "MILL_DNS_ADDR")]
+    pub dns_addr: Option<String>,
+    /// Where the ingress HTTP proxy listens [default: 0.0.0.0:80].
+    #[arg(long, env = "MILL_HTTP_ADDR")]
+    pub http_addr: Option<String>,
     /// This node's name [default: node-N in join order].
     #[arg(long, env = "MILL_NODE_NAME")]
     pub node_name: Option<String>,
@@ -193,8 +199,9 @@ impl RunningNode {
             crate::api::ApiTuning::default(),
             metrics.clone(),
         );
+        let (net, nameserver) = start_net(&store, identity, knobs, args, &metrics).await?;
         let agent = mill_agent::Agent::start(
-            agent_config(data_dir, identity, knobs, args)?,
+            agent_config(data_dir, identity, knobs, args, nameserver)?,
             crate::api::kube_client(api.clone(), &identity.token),
         );
         // Kept running for the node's lifetime; it starts and stops the controllers.
@@ -204,9 +211,11 @@ impl RunningNode {
             knobs,
             args.port_range,
             metrics.controllers(),
+            &identity.token,
         );
         let app = api
             .merge(join::router(store.clone(), identity))
+            .merge(net.router)
             .merge(agent.router);
         let tls = certs::issue(&identity.ca_key, &identity.tls_names())?;
         let listener = tokio::net::TcpListener::bind(&identity.api_addr)
@@ -238,18 +247,62 @@ impl RunningNode {
     }
 }
 
+/// Starts the node's routing table, DNS and VIP listeners; returns them and the IP the
+/// containers' resolv.conf names.
+async fn start_net(
+    store: &Store,
+    identity: &Identity,
+    knobs: &Knobs,
+    args: &DaemonArgs,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<(crate::net::Net, String)> {
+    let http = args.http_addr.as_deref().unwrap_or("0.0.0.0:80");
+    let http_addr: std::net::SocketAddr = http.parse().with_context(|| {
+        format!("--http-addr {http:?} is not IP:PORT; give e.g. 0.0.0.0:80 or 127.0.0.1:8080")
+    })?;
+    let text = args
+        .dns_addr
+        .clone()
+        .unwrap_or_else(|| format!("{}:53", identity.advertise));
+    let dns_addr: std::net::SocketAddr = text.parse().with_context(|| {
+        format!("--dns-addr {text:?} is not IP:PORT; give e.g. 10.0.0.5:53 or 127.0.0.1:5353")
+    })?;
+    if dns_addr.port() != 53 {
+        tracing::warn!(
+            "DNS listens on {dns_addr}, but resolv.conf cannot name a port: containers ask {}:53",
+            dns_addr.ip()
+        );
+    }
+    let config = crate::net::NetConfig {
+        dns_addr,
+        dns_required: args.dns_addr.is_some(),
+        resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        http_addr,
+        http_required: args.http_addr.is_some(),
+        metrics: Some(metrics.clone()),
+        token: identity.token.clone(),
+        knobs: knobs.net.clone(),
+    };
+    let net = crate::net::start(store.clone(), config)
+        .await
+        .context("pick a free --dns-addr (UDP and TCP) and --http-addr on this host")?;
+    Ok((net, dns_addr.ip().to_string()))
+}
+
 /// What the node's agent is told: the daemon's flags, identity and knobs.
 fn agent_config(
     data_dir: &Path,
     identity: &Identity,
     knobs: &Knobs,
     args: &DaemonArgs,
+    nameserver: String,
 ) -> anyhow::Result<mill_agent::AgentConfig> {
     let log_driver = std::env::current_exe()
         .context("cannot find the mill executable (the agent's log driver)")?;
     Ok(mill_agent::AgentConfig {
         node_name: identity.node_name.clone(),
         advertise: identity.advertise.clone(),
+        nameserver,
         data_dir: data_dir.to_path_buf(),
         containerd_socket: args.containerd_socket.clone(),
         containerd_namespace: args.containerd_namespace.clone(),

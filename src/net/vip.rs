@@ -1,0 +1,196 @@
+//! The VIP balancer (SPEC §5): a TCP listener on every service's `VIP:port` on this node,
+//! each connection sent to the service's backend (cluster-wide) with the fewest
+//! connections in flight through this node; a failed connect moves on to the next
+//! backend. A connection, once made, is copied byte for byte until either side closes,
+//! whatever happens to the table afterwards: a backend leaving the table gets no new
+//! connections, the ones in flight finish.
+//!
+//! `127.77.x.y` is on loopback (Linux routes all of 127/8 locally), so binding needs no
+//! address set up. Listeners bind with `SO_REUSEPORT`, so several nodes sharing one
+//! network namespace (nodes on one host) can all serve the same `VIP:port`.
+
+use super::table::{Backend, Routing};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+
+/// How the balancer connects.
+#[derive(Debug, Clone)]
+pub struct VipConfig {
+    /// `MILL_VIP_CONNECT_TIMEOUT_MS` (2000): one connect attempt to a backend.
+    pub connect_timeout: Duration,
+}
+
+/// Keeps one listener per `(VIP, port)` of the table, until the process ends.
+pub fn run(routing: Routing, config: VipConfig) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut changes = routing.changes();
+        let mut listeners: BTreeMap<SocketAddr, Listener> = BTreeMap::new();
+        let rotation = Arc::new(AtomicUsize::new(0));
+        loop {
+            let table = routing.load();
+            listeners.retain(|addr, _| table.vips.contains_key(addr));
+            for addr in table.vips.keys() {
+                if listeners.contains_key(addr) {
+                    continue;
+                }
+                match bind(*addr) {
+                    Ok(listener) => {
+                        tracing::debug!("VIP {addr}: listening");
+                        let task = tokio::spawn(accept(
+                            listener,
+                            *addr,
+                            routing.clone(),
+                            config.clone(),
+                            rotation.clone(),
+                        ));
+                        listeners.insert(*addr, Listener(task));
+                    }
+                    // Retried with the next table.
+                    Err(err) => tracing::warn!(
+                        "cannot listen on service address {addr}: {err}; is another process bound to it?"
+                    ),
+                }
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// An accept loop; stops when the service leaves the table (dropped).
+struct Listener(JoinHandle<()>);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept(
+    listener: TcpListener,
+    addr: SocketAddr,
+    routing: Routing,
+    config: VipConfig,
+    rotation: Arc<AtomicUsize>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((client, _)) => {
+                let routing = routing.clone();
+                let config = config.clone();
+                let turn = rotation.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    relay(client, addr, &routing, &config, turn).await;
+                });
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: the next accept may work.
+                tracing::warn!("VIP {addr}: accept failed: {err}");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+/// Connects `client` to a backend of the service at `addr` and copies both ways.
+async fn relay(
+    mut client: TcpStream,
+    addr: SocketAddr,
+    routing: &Routing,
+    config: &VipConfig,
+    turn: usize,
+) {
+    let table = routing.load();
+    let Some(service) = table.vips.get(&addr).and_then(|s| table.services.get(s)) else {
+        return;
+    };
+    let candidates = least_loaded_first(&service.backends, turn);
+    drop(table);
+    for backend in candidates {
+        let connected =
+            tokio::time::timeout(config.connect_timeout, TcpStream::connect(backend.address)).await;
+        match connected {
+            Ok(Ok(mut upstream)) => {
+                let _in_flight = backend.load.start();
+                upstream.set_nodelay(true).ok();
+                client.set_nodelay(true).ok();
+                if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!("VIP {addr} → {}: {err}", backend.address);
+                }
+                return;
+            }
+            Ok(Err(err)) => {
+                tracing::debug!("VIP {addr}: cannot connect to {}: {err}", backend.address)
+            }
+            Err(_) => tracing::debug!("VIP {addr}: connect to {} timed out", backend.address),
+        }
+    }
+    tracing::debug!("VIP {addr}: no backend accepted the connection");
+}
+
+/// The backends in the order to try them: fewest in flight first; ties in turn, so idle
+/// backends share sequential connections.
+fn least_loaded_first(backends: &[Backend], turn: usize) -> Vec<Backend> {
+    let n = backends.len().max(1);
+    let mut order: Vec<(u32, usize, &Backend)> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.load.in_flight(), (i + n - turn % n) % n, b))
+        .collect();
+    order.sort_by_key(|(load, tie, _)| (*load, *tie));
+    order.into_iter().map(|(_, _, b)| b.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::table::{Load, Name};
+
+    fn backend(name: &str) -> Backend {
+        Backend {
+            alloc: Name {
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            node: "node-1".into(),
+            address: "127.0.0.1:1".parse().unwrap(),
+            load: Arc::new(Load::default()),
+        }
+    }
+
+    fn names(backends: &[Backend]) -> Vec<String> {
+        backends.iter().map(|b| b.alloc.name.clone()).collect()
+    }
+
+    #[test]
+    fn the_least_loaded_backend_comes_first_and_idle_ones_take_turns() {
+        let backends = vec![backend("a"), backend("b"), backend("c")];
+        let firsts: Vec<String> = (0..3)
+            .map(|turn| names(&least_loaded_first(&backends, turn))[0].clone())
+            .collect();
+        assert_eq!(firsts, ["a", "b", "c"]);
+        let _busy_a = backends[0].load.start();
+        let _busy_b = backends[1].load.start();
+        let _busy_b2 = backends[1].load.start();
+        assert_eq!(names(&least_loaded_first(&backends, 0)), ["c", "a", "b"]);
+    }
+}
