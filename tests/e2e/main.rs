@@ -10,4 +10,5 @@ mod deploys;
 mod failures;
 mod harness;
 mod hosts;
+mod nodes;
 mod tasks;

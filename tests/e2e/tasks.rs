@@ -2,7 +2,7 @@
 //! collection of runs. Runs are made the way spawning makes them: a Task template and an
 //! unplaced task Alloc, which the scheduler places and the agent runs once.
 
-use super::harness::{phase, summary, Cluster, HEARTBEAT_TIMEOUT, WITHIN};
+use super::harness::{phase, summary, Cluster, HEARTBEAT_TIMEOUT, TOKEN, WITHIN};
 use super::support::eventually;
 use mill_crds::AllocPhase;
 use serde_json::{json, Value};
@@ -193,4 +193,66 @@ async fn after_500_task_runs_the_alloc_count_stays_within_the_gc_limits() {
         "the newest runs are the ones kept, yet {oldest_kept} is"
     );
     eprintln!("gc: at most {most} Alloc objects during {RUNS} runs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spawned_task_killed_through_the_api_ends_stopped() {
+    let cluster = Cluster::start(&[]).await;
+    let node = &cluster.nodes[1];
+    let spawned: Value = cluster
+        .http
+        .post(node.url("/v1/tasks/spawn"))
+        .bearer_auth(TOKEN)
+        .json(&json!({
+            "image": cluster.images.v1,
+            "command": ["/bin/sh", "-c", "sleep 300"],
+            "cpu": 0.02,
+            "memory": "16M",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = spawned["id"].as_str().expect("an id").to_string();
+    let task = |id: String| {
+        let cluster = &cluster;
+        async move {
+            let answer = cluster
+                .http
+                .get(cluster.nodes[1].url(&format!("/v1/tasks/{id}")))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?;
+            answer.json::<Value>().await.ok()
+        }
+    };
+    eventually(WITHIN, &format!("task {id} running"), || async {
+        let t = task(id.clone()).await?;
+        matches!(t["status"].as_str(), Some("running" | "healthy")).then_some(())
+    })
+    .await;
+    let answer = cluster
+        .http
+        .delete(node.url(&format!("/v1/tasks/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        200,
+        "{}",
+        answer.text().await.unwrap()
+    );
+    let ended = eventually(WITHIN, &format!("task {id} stopped"), || async {
+        let t = task(id.clone()).await?;
+        (t["status"] == json!("stopped")).then_some(t)
+    })
+    .await;
+    assert!(ended["finished_at"].is_string(), "{ended}");
+    let runs = cluster.all_allocs().await;
+    assert_eq!(runs.len(), 1, "never restarted: {:#?}", summary(&runs));
 }
