@@ -177,6 +177,14 @@ async fn cli_errors_say_what_to_do_and_secrets_stay_secret() {
     assert_eq!(listed[0]["name"], "pgdata");
     assert_eq!(listed[0]["state"], "detached");
 
+    // -o name is stable.
+    let out = mill(&address, &["get", "ns", "-o", "name"]).await;
+    golden("get_namespaces_name.txt", &stdout(&out));
+    let out = mill(&address, &["get", "svc,", "-o", "name"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = mill(&address, &["get", "svc", "-o", "name"]).await;
+    golden("get_services_name.txt", &stdout(&out));
+
     // Secrets: set, get, list (names only), delete; the value never reaches a log line.
     let value = "s3cr3t-value-that-must-not-leak";
     for name in ["DB_URL", "api.key"] {
@@ -185,6 +193,29 @@ async fn cli_errors_say_what_to_do_and_secrets_stay_secret() {
     }
     let out = mill(&address, &["secret", "get", "DB_URL"]).await;
     assert_eq!(stdout(&out), format!("{value}\n"));
+    // `-` reads the value from standard input (kept out of shell history).
+    let mut piped = std::process::Command::new(env!("CARGO_BIN_EXE_mill"))
+        .args(["--address", &address, "--token", TOKEN])
+        .args(["secret", "set", "from-stdin", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        piped
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(value.as_bytes())
+            .unwrap();
+    }
+    assert!(piped.wait_with_output().unwrap().status.success());
+    let out = mill(&address, &["secret", "get", "from-stdin"]).await;
+    assert_eq!(stdout(&out), format!("{value}\n"));
+    let out = mill(&address, &["secret", "delete", "from-stdin"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = mill(&address, &["secret", "list"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stdout(&out).contains(value));
