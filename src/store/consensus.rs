@@ -7,22 +7,48 @@ use std::time::Duration;
 use openraft::{BasicNode, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
-use super::types::{Applied, StoreConfig, StoreError, Txn};
+use super::types::{Applied, Rv, StoreConfig, StoreError, Txn};
 
 openraft::declare_raft_types!(
-    /// mill's Raft: log entries are [`Txn`]s, nodes are known by their API address.
+    /// mill's Raft: log entries are [`Batch`]es of [`Txn`]s, nodes are known by their API
+    /// address.
     pub(crate) TypeConfig:
-        D = Txn,
+        D = Batch,
         R = Response,
         NodeId = u64,
         Node = BasicNode,
         SnapshotData = Cursor<Vec<u8>>,
 );
 
-/// What applying one log entry returns: the transaction's outcome, or `None` for the
-/// entries Raft itself writes (blank leader entries, membership changes).
+/// The payload of one log entry: transactions proposed concurrently, applied in order,
+/// each on its own (one failing does not affect the others) with its own resourceVersion
+/// ([`txn_rv`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Batch {
+    pub txns: Vec<Txn>,
+}
+
+/// What applying one log entry returns: one outcome per transaction of its [`Batch`]
+/// (none for the entries Raft itself writes: blank leader entries, membership changes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Response(pub Option<Result<Applied, StoreError>>);
+pub(crate) struct Response(pub Vec<Result<Applied, StoreError>>);
+
+/// How many transactions one entry holds at most, and so the spacing of resourceVersions
+/// between consecutive log indexes: the txn at `position` of the entry at `index` has rv
+/// `index * TXNS_PER_ENTRY + position`. Decimal, so an rv reads as index and position.
+pub(crate) const TXNS_PER_ENTRY: usize = 1000;
+
+/// The resourceVersion of the transaction at `position` (< [`TXNS_PER_ENTRY`]) of the
+/// entry at log `index`.
+pub(crate) fn txn_rv(index: u64, position: usize) -> Rv {
+    index * TXNS_PER_ENTRY as u64 + position as u64
+}
+
+/// The rv that "everything up to and including the entry at `index`" is: above every rv
+/// of that entry and below every rv of the next. An applied or read index as an rv.
+pub(crate) fn entry_rv(index: u64) -> Rv {
+    txn_rv(index, TXNS_PER_ENTRY - 1)
+}
 
 /// The Raft handle of this crate's type configuration.
 pub(crate) type Raft = openraft::Raft<TypeConfig>;

@@ -16,10 +16,11 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::consensus::{Raft, Timing};
+use super::consensus::{entry_rv, Raft, Timing};
 use super::db::{internal, Database};
 use super::log::LogStore;
 use super::network::{route, CallError, Network, RpcClient};
+use super::proposer::Proposer;
 use super::state_machine::{Replica, StateMachine};
 use super::types::{Applied, Expired, Key, RaftInfo, Role, Rv, StoreConfig, StoreError, Txn};
 use super::watch::Watch;
@@ -34,6 +35,7 @@ struct Inner {
     config: StoreConfig,
     timing: Timing,
     raft: Raft,
+    proposer: Proposer,
     replica: Arc<Replica>,
     committed: Arc<AtomicU64>,
     rpc: RpcClient,
@@ -43,7 +45,7 @@ struct Inner {
 
 /// The outcome of one attempt at a leader-only operation; also the answer of the
 /// forwarding routes, so a follower retries exactly when the leader says nothing happened.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub(crate) enum Attempt<T> {
     Done(T),
     /// Nothing happened (no leader, leader changed, peer unreachable): try again.
@@ -67,6 +69,7 @@ impl Store {
         let raft = Raft::new(config.node_id, raft_config, network, log, machine)
             .await
             .map_err(internal)?;
+        let proposer = Proposer::spawn(raft.clone());
         tracing::info!(
             node_id = config.node_id,
             applied = replica.applied(),
@@ -77,6 +80,7 @@ impl Store {
                 config,
                 timing,
                 raft,
+                proposer,
                 replica,
                 committed,
                 rpc,
@@ -181,14 +185,14 @@ impl Store {
         self.inner.replica.applied()
     }
 
-    /// The last log index covered by this node's latest snapshot (built or installed).
+    /// The rv up to which this node's latest snapshot (built or installed) covers the log.
     pub fn snapshot_rv(&self) -> Option<Rv> {
         self.inner
             .raft
             .metrics()
             .borrow()
             .snapshot
-            .map(|id| id.index)
+            .map(|id| entry_rv(id.index))
     }
 
     /// This node's Raft id.
@@ -213,7 +217,7 @@ impl Store {
             leader_id: metrics.current_leader,
             leader_addr: metrics.current_leader.and_then(addr_of),
             commit_index: self.inner.committed.load(Ordering::Relaxed),
-            applied_index: self.applied_rv(),
+            applied_index: metrics.last_applied.map_or(0, |id| id.index),
             voters: membership
                 .voter_ids()
                 .map(|id| (id, addr_of(id).unwrap_or_default()))
@@ -330,27 +334,15 @@ impl Store {
         }
     }
 
-    /// Proposes on this node, which should be the leader.
+    /// Proposes on this node, which should be the leader, in the next batch.
     pub(crate) async fn propose_here(&self, txn: Txn) -> Attempt<Applied> {
-        match self.inner.raft.client_write(txn).await {
-            Ok(response) => match response.data.0 {
-                Some(Ok(applied)) => Attempt::Done(applied),
-                Some(Err(e)) => Attempt::Failed(e),
-                None => Attempt::Failed(StoreError::Internal(
-                    "a transaction was applied as a raft entry".into(),
-                )),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Attempt::Retry("this node is no longer the leader".into())
-            }
-            Err(e) => Attempt::Failed(fatal(e)),
-        }
+        self.inner.proposer.propose(txn).await
     }
 
-    /// The read index, on this node, which should be the leader.
+    /// The read index as an rv, on this node, which should be the leader.
     pub(crate) async fn read_index_here(&self) -> Attempt<Rv> {
         match self.inner.raft.ensure_linearizable().await {
-            Ok(log_id) => Attempt::Done(log_id.map_or(0, |id| id.index)),
+            Ok(log_id) => Attempt::Done(log_id.map_or(0, |id| entry_rv(id.index))),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                 Attempt::Retry("this node is no longer the leader".into())
             }

@@ -11,7 +11,7 @@
 //!   kind, metadata, spec, status, data...). The proposer (the API layer) fills
 //!   `metadata.uid`, `metadata.creationTimestamp`, `metadata.namespace`, `metadata.name`
 //!   before proposing; the state machine is deterministic and never invents them.
-//! - Applying sets `metadata.resourceVersion` to the entry's log index (as a string), sets
+//! - Applying sets `metadata.resourceVersion` to the transaction's rv (as a string), sets
 //!   `metadata.generation` to 1 on create and bumps it when `spec` (or, for kinds without
 //!   spec, anything but metadata/status) changes; `Part::Main` updates keep the stored
 //!   `status`, `Part::Status` updates change only `status`. `uid` and
@@ -22,14 +22,18 @@
 //!   Removing an object cascades (background propagation) to every object whose
 //!   `metadata.ownerReferences[].uid` names it, in the same apply.
 //! - A `Txn` is all-or-nothing: the first failing op aborts it and nothing is applied.
-//! - Every event carries the rv of the entry that made it; events are delivered in rv order,
+//! - Every event carries the rv of the txn that made it; events are delivered in rv order,
 //!   never duplicated, never missed. DELETED events carry the last object state with its
-//!   `resourceVersion` set to the deleting entry's index.
+//!   `resourceVersion` set to the deleting transaction's rv.
+//! - Every transaction has its own rv: concurrent transactions share Raft entries (see
+//!   `proposer`), and the one at position p of the entry at log index i has rv
+//!   `i * 1000 + p`. Rvs only grow; a list, read barrier or applied rv "at the end of
+//!   entry i" is `i * 1000 + 999`.
 //!
 //! Beyond the CONTRACT, what callers should know:
 //! - A node that catches up by installing a Raft snapshot delivers the difference between
 //!   its old and new contents as ADDED/MODIFIED/DELETED events whose [`Event::rv`] is the
-//!   snapshot's last index (the objects keep their own, possibly older, resourceVersion;
+//!   snapshot's last entry as an rv (the objects keep their own, possibly older, resourceVersion;
 //!   use `Event::rv` for bookmarks). A watch from an rv inside such a jump is [`Expired`].
 //! - [`Watch::next`] also returns `None` when the watcher fell a whole watch window behind;
 //!   the client rewatches from the last rv it saw (replayed, or [`Expired`]).
@@ -48,7 +52,9 @@
 //! - `snapshot`: snapshot format, building and storing.
 //! - `watch`: the watch hub (ring of recent events + live watchers).
 //! - `network` / `rpc`: the node-to-node HTTP client and routes (`/internal/raft/*`).
-//! - `consensus`: openraft's type configuration and every timeout of the store.
+//! - `consensus`: openraft's type configuration (an entry is a `Batch` of txns), the rv of
+//!   a txn in an entry, and every timeout of the store.
+//! - `proposer`: batches the txns proposed concurrently on the leader into shared entries.
 //! - `db`: the sled database, its node identity, and waiting for its release on shutdown.
 //! - `facade`: [`Store`], which wires them and forwards from followers to the leader.
 
@@ -57,6 +63,7 @@ mod db;
 mod facade;
 mod log;
 mod network;
+mod proposer;
 mod rpc;
 mod snapshot;
 mod state;

@@ -7,6 +7,10 @@
 //! per apply call keeps them consistent. Those batches only touch sled's page cache and
 //! are cheap; the log (flushed) is what makes committed entries durable, and a restart
 //! re-applies whatever the state tree had not recorded yet.
+//!
+//! An entry is a [`super::consensus::Batch`]: its txns apply one after the other, each at
+//! its own rv ([`txn_rv`]), each with its own outcome; the applied rv then moves to the
+//! entry's end ([`entry_rv`]), also for blank and membership entries.
 
 // openraft's traits return its `StorageError` (large); helpers return it too, unboxed.
 #![allow(clippy::result_large_err)]
@@ -24,7 +28,7 @@ use parking_lot::RwLock;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::consensus::{Response, TypeConfig};
+use super::consensus::{entry_rv, txn_rv, Response, TypeConfig, TXNS_PER_ENTRY};
 use super::db::{internal, DbUser};
 use super::snapshot::{self, SnapshotBuilder};
 use super::state::{self, Change, Objects};
@@ -65,7 +69,7 @@ impl Replica {
         (local.objects.list(resource, namespace), local.applied)
     }
 
-    /// The index of the last applied entry.
+    /// The rv up to which everything is applied (see [`super::consensus::entry_rv`]).
     pub fn applied(&self) -> Rv {
         *self.applied.borrow()
     }
@@ -75,7 +79,7 @@ impl Replica {
         &self.hub
     }
 
-    /// Waits until the entry at `rv` is applied here.
+    /// Waits until the transaction (or entry) at `rv` is applied here.
     pub async fn wait_applied(&self, rv: Rv, deadline: Duration) -> Result<Rv, StoreError> {
         let mut rx = self.applied.subscribe();
         let waited = tokio::time::timeout(deadline, rx.wait_for(|applied| *applied >= rv)).await;
@@ -89,8 +93,8 @@ impl Replica {
         }
     }
 
-    /// Applies the entry at `rv`: installs its changes and publishes them, under one lock
-    /// so that a list at rv r and a watch from r line up exactly.
+    /// Applies the transaction at `rv`: installs its changes and publishes them, under one
+    /// lock so that a list at rv r and a watch from r line up exactly.
     fn apply_txn(&self, txn: &Txn, rv: Rv) -> (Result<super::Applied, StoreError>, Vec<Change>) {
         let mut local = self.local.write();
         let outcome = state::apply(&local.objects, txn, rv);
@@ -105,7 +109,7 @@ impl Replica {
         (result, changes)
     }
 
-    /// An entry without changes (blank, membership) at `rv`.
+    /// The entry ending at `rv` is applied (its transactions, if any, already are).
     fn advance(&self, rv: Rv) {
         let mut local = self.local.write();
         local.applied = rv;
@@ -184,7 +188,7 @@ impl StateMachine {
             let (key, object): (Key, Value) = serde_json::from_slice(&bytes).map_err(internal)?;
             objects.insert(key, Arc::new(object));
         }
-        let applied = last_applied.map_or(0, |id| id.index);
+        let applied = last_applied.map_or(0, |id| entry_rv(id.index));
         tracing::info!(applied, objects = objects.len(), "opened the state machine");
         let replica = Arc::new(Replica {
             local: RwLock::new(Local { objects, applied }),
@@ -247,31 +251,39 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = sled::Batch::default();
         let mut responses = Vec::new();
         for entry in entries {
-            let rv = entry.log_id.index;
+            let index = entry.log_id.index;
             self.last_applied = Some(entry.log_id);
-            let response = match entry.payload {
-                EntryPayload::Blank => {
-                    self.replica.advance(rv);
-                    Response(None)
-                }
+            let mut results = Vec::new();
+            match entry.payload {
+                EntryPayload::Blank => {}
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    self.replica.advance(rv);
-                    Response(None)
                 }
-                EntryPayload::Normal(txn) => {
-                    let (result, changes) = self.replica.apply_txn(&txn, rv);
-                    if let Err(e) = &result {
-                        tracing::debug!(rv, error = %e, "transaction rejected");
+                EntryPayload::Normal(txns) => {
+                    for (position, txn) in txns.txns.iter().enumerate() {
+                        if position >= TXNS_PER_ENTRY {
+                            // The proposer never builds such an entry; rejecting the excess
+                            // keeps rvs unique and every node applying alike.
+                            results.push(Err(StoreError::Internal(format!(
+                                "log entry {index} holds more than {TXNS_PER_ENTRY} transactions"
+                            ))));
+                            continue;
+                        }
+                        let rv = txn_rv(index, position);
+                        let (result, changes) = self.replica.apply_txn(txn, rv);
+                        if let Err(e) = &result {
+                            tracing::debug!(rv, error = %e, "transaction rejected");
+                        }
+                        if !changes.is_empty() {
+                            self.last_change = rv;
+                        }
+                        Self::persist_changes(&mut batch, &changes)?;
+                        results.push(result);
                     }
-                    if !changes.is_empty() {
-                        self.last_change = rv;
-                    }
-                    Self::persist_changes(&mut batch, &changes)?;
-                    Response(Some(result))
                 }
-            };
-            responses.push(response);
+            }
+            self.replica.advance(entry_rv(index));
+            responses.push(Response(results));
         }
         self.persist_position(&mut batch)?;
         self.state
@@ -302,7 +314,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let signature = Some(meta.signature());
         self.last_applied = meta.last_log_id;
-        self.last_change = meta.last_log_id.map_or(0, |id| id.index);
+        let rv = meta.last_log_id.map_or(0, |id| entry_rv(id.index));
+        self.last_change = rv;
         self.membership = meta.last_membership.clone();
         // Objects and position go in one batch, so a crash never mixes old and new.
         let mut batch = sled::Batch::default();
@@ -331,8 +344,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(|e| StorageIOError::read_snapshot(signature, &e))??;
-        self.replica
-            .install(objects, meta.last_log_id.map_or(0, |id| id.index));
+        self.replica.install(objects, rv);
         Ok(())
     }
 

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 
-/// A resourceVersion: the Raft log index of the entry that last changed an object.
+/// A resourceVersion: `index * 1000 + position` of the transaction that last changed an
+/// object (its Raft log entry's index, its position in that entry); see the module doc.
 pub type Rv = u64;
 
 /// Where an object lives: `resource` is `"<group>/<plural>"` with group `""` for core
@@ -74,7 +75,7 @@ pub struct Txn {
 /// The result of a committed transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Applied {
-    /// The log index of the entry: the new resourceVersion of everything it touched.
+    /// The transaction's rv: the new resourceVersion of everything it touched.
     pub rv: Rv,
     /// Per op: the object as stored after the op, or `None` if it was removed.
     pub objects: Vec<Option<Value>>,
@@ -119,7 +120,7 @@ pub enum EventType {
 /// One change, as delivered to watchers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// The log index of the entry (or installed snapshot) that made the change.
+    /// The rv of the transaction (or installed snapshot) that made the change.
     pub rv: Rv,
     /// What happened.
     pub kind: EventType,
