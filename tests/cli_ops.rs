@@ -596,3 +596,43 @@ async fn mill_deploy_follows_the_deploy_object_when_its_stream_drops() {
     assert!(lines.last().unwrap().starts_with("deployed ("), "{stdout}");
     assert_eq!(greeting(&node).await, "v1");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mill_deploy_on_a_terminal_shows_a_spinner_per_service_with_its_elapsed_time() {
+    let ctd = Containerd::start();
+    let node = node(&ctd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hello.mill");
+    std::fs::write(&file, hello(1, "v1")).unwrap();
+    // `script` runs the CLI on a pseudo-terminal and copies what it draws.
+    let line = format!(
+        "{} --address {} --token {TOKEN} deploy -f {}",
+        env!("CARGO_BIN_EXE_mill"),
+        node.url(""),
+        file.display()
+    );
+    let mut command = Command::new("script");
+    command
+        .args(["-qec", &line, "/dev/null"])
+        .env("COLUMNS", "120")
+        .env("LINES", "40")
+        .env_remove("MILL_ADDRESS")
+        .env_remove("MILL_TOKEN")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(WITHIN, command.output())
+        .await
+        .expect("mill deploy on a terminal finishes")
+        .unwrap();
+    let (drawn, stderr) = text(&out);
+    assert!(out.status.success(), "{drawn}\n{stderr}");
+    assert!(drawn.contains("  hello: scheduled on node-1"), "{drawn}");
+    assert!(drawn.contains("deployed ("), "{drawn}");
+    // The spinner line: the service, its latest step and the elapsed time in brackets
+    // (plain lines have none).
+    assert!(
+        drawn
+            .split(['\r', '\n'])
+            .any(|l| l.contains(" hello: ") && l.trim_end().ends_with("s]")),
+        "no spinner line in:\n{drawn:?}"
+    );
+}

@@ -315,14 +315,15 @@ impl Progress {
                         .by_service
                         .entry(service.to_string())
                         .or_insert_with(|| {
-                            let bar = live.bars.add(ProgressBar::new_spinner());
-                            bar.set_style(
-                                ProgressStyle::with_template(
-                                    "{spinner} {prefix}: {msg} ({elapsed})",
-                                )
-                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                            );
-                            bar.set_prefix(service.to_string());
+                            let style = ProgressStyle::with_template(
+                                "{spinner} {prefix}: {msg} [{elapsed}]",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                            let bar = ProgressBar::new_spinner()
+                                .with_style(style)
+                                .with_prefix(service.to_string())
+                                .with_message(step.to_string());
+                            let bar = live.bars.add(bar);
                             bar.enable_steady_tick(Duration::from_millis(120));
                             bar
                         });
