@@ -156,7 +156,11 @@ async fn cli_commands_against_a_live_cluster() {
     );
     let hello = lines.iter().find(|l| l.trim_start().starts_with("hello "));
     let hello: Vec<&str> = hello.expect("a hello row").split_whitespace().collect();
-    assert_eq!(hello, ["hello", "1/1", "0.1", "31Mi", "0.0", "-"], "{status}");
+    assert_eq!(
+        hello,
+        ["hello", "1/1", "0.1", "31Mi", "0.0", "-"],
+        "{status}"
+    );
     let node_row = lines.iter().find(|l| l.trim_start().starts_with("node-1 "));
     let node_row: Vec<&str> = node_row.expect("a node-1 row").split_whitespace().collect();
     assert_eq!(node_row[1], "ready", "{status}");
