@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::de::DeserializeOwned;
@@ -20,7 +21,7 @@ use super::consensus::{entry_rv, Raft, Timing};
 use super::db::{internal, Database};
 use super::log::LogStore;
 use super::network::{route, CallError, Network, RpcClient};
-use super::proposer::Proposer;
+use super::proposer::{Forwarder, Proposer};
 use super::state_machine::{Replica, StateMachine};
 use super::types::{Applied, Expired, Key, RaftInfo, Role, Rv, StoreConfig, StoreError, Txn};
 use super::watch::Watch;
@@ -36,6 +37,7 @@ struct Inner {
     timing: Timing,
     raft: Raft,
     proposer: Proposer,
+    forwarder: Forwarder,
     replica: Arc<Replica>,
     committed: Arc<AtomicU64>,
     rpc: RpcClient,
@@ -70,6 +72,7 @@ impl Store {
             .await
             .map_err(internal)?;
         let proposer = Proposer::spawn(raft.clone());
+        let forwarder = Forwarder::spawn(rpc.clone(), timing.forward_deadline());
         tracing::info!(
             node_id = config.node_id,
             applied = replica.applied(),
@@ -81,6 +84,7 @@ impl Store {
                 timing,
                 raft,
                 proposer,
+                forwarder,
                 replica,
                 committed,
                 rpc,
@@ -110,9 +114,12 @@ impl Store {
             id,
             addr: Some(api_addr),
         };
-        self.on_leader(deadline, route::ADD_VOTER, &request, || {
-            self.add_voter_here(request.clone())
-        })
+        self.on_leader(
+            deadline,
+            route::ADD_VOTER,
+            || self.add_voter_here(request.clone()),
+            self.call(route::ADD_VOTER, &request),
+        )
         .await
     }
 
@@ -120,9 +127,12 @@ impl Store {
     pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
         let deadline = self.inner.timing.forward_deadline();
         let request = MemberRequest { id, addr: None };
-        self.on_leader(deadline, route::REMOVE_MEMBER, &request, || {
-            self.remove_member_here(id)
-        })
+        self.on_leader(
+            deadline,
+            route::REMOVE_MEMBER,
+            || self.remove_member_here(id),
+            self.call(route::REMOVE_MEMBER, &request),
+        )
         .await
     }
 
@@ -132,9 +142,15 @@ impl Store {
         let deadline = self.inner.timing.forward_deadline();
         let started = Instant::now();
         let applied: Applied = self
-            .on_leader(deadline, route::PROPOSE, &txn, || {
-                self.propose_here(txn.clone())
-            })
+            .on_leader(
+                deadline,
+                route::PROPOSE,
+                || self.propose_here(txn.clone()),
+                |leader, _| {
+                    let txn = &txn;
+                    async move { self.inner.forwarder.forward(&leader, txn).await }
+                },
+            )
             .await?;
         self.inner
             .replica
@@ -150,7 +166,12 @@ impl Store {
         let deadline = self.inner.timing.forward_deadline();
         let started = Instant::now();
         let index: Rv = self
-            .on_leader(deadline, route::READ_INDEX, &(), || self.read_index_here())
+            .on_leader(
+                deadline,
+                route::READ_INDEX,
+                || self.read_index_here(),
+                self.call(route::READ_INDEX, &()),
+            )
             .await?;
         self.inner
             .replica
@@ -266,6 +287,26 @@ impl Store {
         }
     }
 
+    /// A `remote` for [`Store::on_leader`]: POSTs `body` to `route` on the leader.
+    fn call<'a, Req, T>(
+        &'a self,
+        route: &'a str,
+        body: &'a Req,
+    ) -> impl Fn(String, Duration) -> BoxFuture<'a, Result<Attempt<T>, CallError>> + 'a
+    where
+        Req: Serialize + Sync,
+        T: DeserializeOwned + Send + 'a,
+    {
+        move |leader, left| {
+            Box::pin(async move {
+                self.inner
+                    .rpc
+                    .call::<_, Attempt<T>>(&leader, route, body, left)
+                    .await
+            })
+        }
+    }
+
     /// The current leader and its address, as this node knows it.
     fn leader(&self) -> Option<(u64, String)> {
         let metrics = self.inner.raft.metrics();
@@ -275,20 +316,21 @@ impl Store {
         Some((id, node.addr.clone()))
     }
 
-    /// Runs `here` if this node leads, else POSTs `body` to `route` on the leader; retries
-    /// while there is no leader or it changes, until `deadline`.
-    async fn on_leader<Req, T, F, Fut>(
+    /// Runs `here` if this node leads, else `remote` with the leader's address (both within
+    /// the time left); retries while there is no leader or it changes, until `deadline`.
+    /// `route` names the operation in logs.
+    async fn on_leader<T, F, Fut, R, RFut>(
         &self,
         deadline: Duration,
         route: &str,
-        body: &Req,
         here: F,
+        remote: R,
     ) -> Result<T, StoreError>
     where
-        Req: Serialize,
-        T: DeserializeOwned,
         F: Fn() -> Fut,
         Fut: Future<Output = Attempt<T>>,
+        R: Fn(String, Duration) -> RFut,
+        RFut: Future<Output = Result<Attempt<T>, CallError>>,
     {
         let until = Instant::now() + deadline;
         loop {
@@ -302,20 +344,16 @@ impl Store {
                         ))),
                     }
                 }
-                Some((_, addr)) => {
-                    match self
-                        .inner
-                        .rpc
-                        .call::<_, Attempt<T>>(&addr, route, body, left)
-                        .await
-                    {
-                        Ok(answer) => answer,
-                        Err(e @ CallError::Unreachable { .. }) => Attempt::Retry(e.to_string()),
-                        Err(e @ CallError::Failed { .. }) => {
-                            Attempt::Failed(StoreError::Unavailable(e.to_string()))
-                        }
+                Some((_, addr)) => match tokio::time::timeout(left, remote(addr, left)).await {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(e @ CallError::Unreachable { .. })) => Attempt::Retry(e.to_string()),
+                    Ok(Err(e @ CallError::Failed { .. })) => {
+                        Attempt::Failed(StoreError::Unavailable(e.to_string()))
                     }
-                }
+                    Err(_) => Attempt::Failed(StoreError::Unavailable(format!(
+                        "no answer from the leader within {deadline:?}"
+                    ))),
+                },
                 None => Attempt::Retry("no leader elected yet".into()),
             };
             match attempt {

@@ -37,7 +37,7 @@ pub(crate) mod route {
 pub const FROM_HEADER: &str = "x-mill-raft-from";
 
 /// Why a call did not produce an answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum CallError {
     /// The request never reached the peer (nothing happened there): safe to retry.
     #[error("cannot reach {addr}: {message}")]

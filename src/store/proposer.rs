@@ -10,12 +10,14 @@
 //! and its own resourceVersion ([`super::consensus::txn_rv`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::consensus::{Batch, Raft, TXNS_PER_ENTRY};
 use super::facade::Attempt;
+use super::network::{route, CallError, RpcClient};
 use super::types::{Applied, StoreError, Txn};
 
 /// How many batches may be in Raft at once. More than one lets the next entry be appended
@@ -150,5 +152,115 @@ fn encoded_len(txn: &Txn) -> usize {
         Ok(()) => count.0,
         // Unencodable: the log append will fail it; give it an entry of its own.
         Err(_) => BATCH_BYTES,
+    }
+}
+
+/// How many forwarding requests a follower may have open to the leader at once.
+const FORWARDS_IN_FLIGHT: usize = 2;
+
+/// A txn a follower forwards, to whom, and where the leader's answer goes.
+struct Forward {
+    leader: String,
+    txn: Txn,
+    bytes: usize,
+    answer: oneshot::Sender<Result<Attempt<Applied>, CallError>>,
+}
+
+/// A follower's forwarding of proposals: the txns proposed here while earlier forwards are
+/// under way travel to the leader together, in one [`route::PROPOSE`] request (whose
+/// handler puts them in the leader's queue together, so they share an entry there too).
+pub(crate) struct Forwarder {
+    queue: mpsc::UnboundedSender<Forward>,
+}
+
+impl Forwarder {
+    /// Starts the forwarding task; `timeout` bounds each request to the leader.
+    pub fn spawn(rpc: RpcClient, timeout: Duration) -> Forwarder {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_forwards(rpc, timeout, rx));
+        Forwarder { queue }
+    }
+
+    /// Has the leader at `leader` commit `txn`; its answer, or why none came.
+    pub async fn forward(&self, leader: &str, txn: &Txn) -> Result<Attempt<Applied>, CallError> {
+        let (answer, outcome) = oneshot::channel();
+        let forward = Forward {
+            leader: leader.to_string(),
+            bytes: encoded_len(txn),
+            txn: txn.clone(),
+            answer,
+        };
+        let stopped = || CallError::Unreachable {
+            addr: leader.to_string(),
+            message: "this node's store is shutting down".into(),
+        };
+        if self.queue.send(forward).is_err() {
+            return Err(stopped());
+        }
+        outcome.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+/// Takes batches of forwards to one leader off the queue while a slot is free.
+async fn run_forwards(
+    rpc: RpcClient,
+    timeout: Duration,
+    mut queue: mpsc::UnboundedReceiver<Forward>,
+) {
+    let slots = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT));
+    let mut carried: Option<Forward> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(forward) => forward,
+            None => match queue.recv().await {
+                Some(forward) => forward,
+                None => return,
+            },
+        };
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while batch.len() < TXNS_PER_ENTRY {
+            let Ok(next) = queue.try_recv() else { break };
+            if next.leader != batch[0].leader || bytes + next.bytes > BATCH_BYTES {
+                carried = Some(next);
+                break;
+            }
+            bytes += next.bytes;
+            batch.push(next);
+        }
+        tokio::spawn(send_forwards(rpc.clone(), timeout, batch, slot));
+    }
+}
+
+/// One request carrying `batch` to its leader; answers each forward.
+async fn send_forwards(
+    rpc: RpcClient,
+    timeout: Duration,
+    batch: Vec<Forward>,
+    slot: OwnedSemaphorePermit,
+) {
+    let leader = batch[0].leader.clone();
+    let (txns, answers): (Vec<Txn>, Vec<_>) = batch.into_iter().map(|f| (f.txn, f.answer)).unzip();
+    let count = txns.len();
+    let called = rpc
+        .call::<_, Vec<Attempt<Applied>>>(&leader, route::PROPOSE, &txns, timeout)
+        .await;
+    drop(slot);
+    let outcomes: Vec<Result<Attempt<Applied>, CallError>> = match called {
+        Ok(attempts) if attempts.len() == count => attempts.into_iter().map(Ok).collect(),
+        Ok(attempts) => {
+            let message = format!(
+                "the leader answered {} outcomes for {count} transactions",
+                attempts.len()
+            );
+            vec![Ok(Attempt::Failed(StoreError::Internal(message))); count]
+        }
+        Err(e) => vec![Err(e); count],
+    };
+    for (answer, outcome) in answers.into_iter().zip(outcomes) {
+        let _ = answer.send(outcome);
     }
 }

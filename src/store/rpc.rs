@@ -13,6 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use futures_util::future::join_all;
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -81,8 +82,13 @@ async fn snapshot(
     Json(store.raft().install_snapshot(request).await)
 }
 
-async fn propose(State(store): State<Store>, Json(txn): Json<Txn>) -> Json<Attempt<Applied>> {
-    Json(store.propose_here(txn).await)
+/// Txns forwarded together by a follower: proposed here together, so that they share the
+/// leader's next entry.
+async fn propose(
+    State(store): State<Store>,
+    Json(txns): Json<Vec<Txn>>,
+) -> Json<Vec<Attempt<Applied>>> {
+    Json(join_all(txns.into_iter().map(|txn| store.propose_here(txn))).await)
 }
 
 async fn read_index(State(store): State<Store>) -> Json<Attempt<Rv>> {
