@@ -1,14 +1,15 @@
 //! `mill nodes`, `mill drain NODE`, `mill remove NODE`, `mill leave` (SPEC §6), over
 //! `/v1/nodes`.
 //!
-//! `drain` makes the node unschedulable and waits, printing how many allocations are left,
-//! until none is; `remove` takes a drained (or empty) node out of the cluster; `leave`
+//! `drain` makes the node unschedulable and waits, printing how many allocations are left
+//! (and why a replacement cannot be placed, if the scheduler says so), until none is; `remove` takes a drained (or empty) node out of the cluster; `leave`
 //! does both for the node `--address` points at (the one answering `/v1/status`).
 
 use super::client::Client;
 use comfy_table::{presets, Table};
 use reqwest::Method;
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -92,6 +93,7 @@ pub async fn drain(client: &Client, id: &str, json: bool) -> anyhow::Result<Exit
         println!("{id}: draining (no new allocations)");
     }
     let mut left = answer["alloc_count"].as_u64();
+    let mut told = BTreeSet::new();
     loop {
         let current = node(client, id).await?;
         let count = current["alloc_count"].as_u64().unwrap_or(0);
@@ -107,8 +109,38 @@ pub async fn drain(client: &Client, id: &str, json: bool) -> anyhow::Result<Exit
             println!("{id}: {count} allocation(s) left");
         }
         left = Some(count);
+        if !json {
+            for reason in unplaceable(client).await {
+                if told.insert(reason.clone()) {
+                    println!("{id}: waiting: {reason}");
+                }
+            }
+        }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Why replacements cannot be placed (the scheduler's `Scheduled=False` messages), so a
+/// drain that cannot finish says what it waits for. Best effort: a failed read says nothing.
+async fn unplaceable(client: &Client) -> Vec<String> {
+    let Ok(allocs) = client.get::<Value>("/apis/mill.dev/v1/allocs").await else {
+        return Vec::new();
+    };
+    let mut reasons = Vec::new();
+    for alloc in allocs["items"].as_array().into_iter().flatten() {
+        let conditions = alloc["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten();
+        for condition in conditions {
+            if condition["type"] == "Scheduled" && condition["status"] == "False" {
+                let name = alloc["metadata"]["name"].as_str().unwrap_or_default();
+                let message = condition["message"].as_str().unwrap_or("cannot be placed");
+                reasons.push(format!("{name} cannot be placed: {message}"));
+            }
+        }
+    }
+    reasons
 }
 
 /// `mill remove NODE`.
