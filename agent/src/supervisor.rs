@@ -371,7 +371,7 @@ impl Supervisor {
             })?;
         let log_uri = format!(
             "binary://{}?agent-log-driver={}",
-            self.ctx.config.log_driver.display(),
+            live_path(&self.ctx.config.log_driver).display(),
             log_dir.display()
         );
         let mounts = rt.snapshot_mounts(&self.id).await.map_err(failed)?;
@@ -664,4 +664,28 @@ pub async fn remove_orphan(
     remove(&ctx, &id).await;
     tracing::info!("removed container {id} (its alloc is gone, stopped or elsewhere)");
     let _ = done.send(uid);
+}
+
+/// The path to exec for `exe`: once the running `mill` binary is replaced on disk (an
+/// upgrade, a rebuild), Linux names the old one `PATH (deleted)`; the new binary at `PATH`
+/// is the one to run as the log driver.
+fn live_path(exe: &std::path::Path) -> std::path::PathBuf {
+    let text = exe.to_string_lossy();
+    match text.strip_suffix(" (deleted)") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => exe.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_binary_is_run_from_its_path() {
+        let exe = std::path::Path::new("/usr/bin/mill (deleted)");
+        assert_eq!(live_path(exe), std::path::Path::new("/usr/bin/mill"));
+        let exe = std::path::Path::new("/usr/bin/mill");
+        assert_eq!(live_path(exe), exe);
+    }
 }
