@@ -303,6 +303,70 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn names_outside_mill_are_forwarded_upstream() {
+        // A fake upstream answering every A query with 192.0.2.7.
+        let upstream = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let upstream_addr = upstream.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 4096];
+            while let Ok((n, from)) = upstream.recv_from(&mut buffer).await {
+                let query = Message::from_vec(&buffer[..n]).unwrap();
+                let mut answer = query.clone();
+                answer.metadata.message_type = hickory_server::proto::op::MessageType::Response;
+                let name = query.queries[0].name().clone();
+                answer.answers.push(Record::from_rdata(
+                    name,
+                    60,
+                    RData::A(A([192, 0, 2, 7].into())),
+                ));
+                upstream
+                    .send_to(&answer.to_vec().unwrap(), from)
+                    .await
+                    .unwrap();
+            }
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let config = DnsConfig {
+            addr,
+            upstreams: vec![upstream_addr],
+            forward_timeout: Duration::from_secs(5),
+        };
+        serve(config, Routing::fixed(RoutingTable::default()))
+            .await
+            .unwrap();
+        let mut query = Message::query();
+        query.add_query(hickory_server::proto::op::Query::query(
+            Name::from_ascii("example.org.").unwrap(),
+            RecordType::A,
+        ));
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client
+            .send_to(&query.to_vec().unwrap(), addr)
+            .await
+            .unwrap();
+        let mut buffer = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), client.recv_from(&mut buffer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let answer = Message::from_vec(&buffer[..n]).unwrap();
+        assert_eq!(answer.metadata.id, query.metadata.id);
+        let ips: Vec<_> = answer
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ips, vec![std::net::Ipv4Addr::new(192, 0, 2, 7)]);
+    }
+
     #[test]
     fn names_outside_services_and_allocs_do_not_exist() {
         let table = RoutingTable::default();

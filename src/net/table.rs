@@ -414,3 +414,141 @@ fn parse_all<T: serde::de::DeserializeOwned + kube::Resource>(
         })
         .collect()
 }
+
+#[cfg(test)]
+impl Routing {
+    /// A handle on a fixed table, for tests of the readers.
+    pub(crate) fn fixed(table: RoutingTable) -> Routing {
+        let (tx, rx) = watch::channel(table.revision);
+        // Never changes, never closes: readers wait for a next table that never comes.
+        std::mem::forget(tx);
+        Routing {
+            table: Arc::new(ArcSwap::from_pointee(table)),
+            revision: rx,
+            nudge: Arc::new(Notify::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(rv: Rv, resource: &str, object: Value) -> Event {
+        let meta = &object["metadata"];
+        Event {
+            rv,
+            kind: EventType::Added,
+            key: crate::store::Key {
+                resource: resource.to_string(),
+                namespace: meta["namespace"].as_str().map(str::to_string),
+                name: meta["name"].as_str().unwrap_or_default().to_string(),
+            },
+            object: Arc::new(object),
+        }
+    }
+
+    fn alloc(name: &str, phase: &str, draining: bool, desired: &str) -> Value {
+        json!({
+            "apiVersion": "mill.dev/v1", "kind": "Alloc",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "owner": {"kind": "service", "name": "web"},
+                "template": {"image": "busybox", "cpu": 0.1, "memory": "32M"},
+                "nodeName": "node-1", "hostPort": 20001,
+                "draining": draining, "desiredState": desired,
+            },
+            "status": {"phase": phase, "address": "10.0.0.1:20001"},
+        })
+    }
+
+    fn state() -> State {
+        let mut state = State::default();
+        state.apply(&event(
+            1,
+            NODES,
+            json!({"apiVersion": "mill.dev/v1", "kind": "Node", "metadata": {"name": "node-1"},
+                   "spec": {"raftId": 1, "address": "10.0.0.1", "apiAddress": "10.0.0.1:4400"}}),
+        ));
+        state.apply(&event(
+            2,
+            SERVICES,
+            json!({"apiVersion": "mill.dev/v1", "kind": "Service",
+                   "metadata": {"name": "web", "namespace": "default"},
+                   "spec": {"image": "busybox", "port": 8080},
+                   "status": {"virtualIp": "127.77.0.9"}}),
+        ));
+        state
+    }
+
+    fn backends(table: &RoutingTable) -> Vec<String> {
+        let web = Name {
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        table.services[&web]
+            .backends
+            .iter()
+            .map(|b| b.alloc.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn healthy_running_not_draining_allocs_are_backends_before_they_are_marked_routed() {
+        let mut state = state();
+        for (i, (name, phase, draining, desired)) in [
+            ("healthy", "healthy", false, "Running"),
+            ("starting", "running", false, "Running"),
+            ("draining", "healthy", true, "Running"),
+            ("stopping", "healthy", false, "Stopped"),
+            ("failed", "failed", false, "Running"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            state.apply(&event(
+                10 + i as Rv,
+                ALLOCS,
+                alloc(name, phase, draining, desired),
+            ));
+        }
+        let table = state.build(20);
+        assert_eq!(table.revision, 20);
+        assert_eq!(backends(&table), ["healthy"]);
+        let vip: SocketAddr = "127.77.0.9:8080".parse().unwrap();
+        assert_eq!(table.vips[&vip].name, "web");
+        let active: Vec<&str> = table.loads.keys().map(|k| k.name.as_str()).collect();
+        assert_eq!(
+            active,
+            ["draining", "healthy", "starting"],
+            "in-flight counters are kept for every active alloc, draining ones too"
+        );
+        let by_name = |n: &str| Name {
+            namespace: "default".into(),
+            name: n.into(),
+        };
+        assert_eq!(
+            table.allocs[&by_name("failed")],
+            "10.0.0.1".parse::<IpAddr>().unwrap(),
+            "every placed alloc answers its node's address"
+        );
+    }
+
+    #[test]
+    fn an_in_flight_counter_survives_a_rebuild_and_the_alloc_leaving_the_backends() {
+        let mut state = state();
+        state.apply(&event(10, ALLOCS, alloc("a", "healthy", false, "Running")));
+        let table = state.build(10);
+        let web = &table.services.values().next().unwrap().backends[0];
+        let _connection = web.load.start();
+        state.apply(&event(11, ALLOCS, alloc("a", "healthy", true, "Running")));
+        let table = state.build(11);
+        assert!(
+            backends(&table).is_empty(),
+            "a draining alloc leaves at once"
+        );
+        let load = table.loads.values().next().unwrap();
+        assert_eq!(load.in_flight(), 1, "the connection in flight still counts");
+    }
+}

@@ -10,7 +10,7 @@
 //! network namespace (nodes on one host) can all serve the same `VIP:port`.
 
 use super::table::{Backend, Routing};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,10 +30,13 @@ pub fn run(routing: Routing, config: VipConfig) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut changes = routing.changes();
         let mut listeners: BTreeMap<SocketAddr, Listener> = BTreeMap::new();
+        // Addresses that could not be bound: said once, retried with every table.
+        let mut failed: BTreeSet<SocketAddr> = BTreeSet::new();
         let rotation = Arc::new(AtomicUsize::new(0));
         loop {
             let table = routing.load();
             listeners.retain(|addr, _| table.vips.contains_key(addr));
+            failed.retain(|addr| table.vips.contains_key(addr));
             for addr in table.vips.keys() {
                 if listeners.contains_key(addr) {
                     continue;
@@ -41,6 +44,7 @@ pub fn run(routing: Routing, config: VipConfig) -> JoinHandle<()> {
                 match bind(*addr) {
                     Ok(listener) => {
                         tracing::debug!("VIP {addr}: listening");
+                        failed.remove(addr);
                         let task = tokio::spawn(accept(
                             listener,
                             *addr,
@@ -50,10 +54,13 @@ pub fn run(routing: Routing, config: VipConfig) -> JoinHandle<()> {
                         ));
                         listeners.insert(*addr, Listener(task));
                     }
-                    // Retried with the next table.
-                    Err(err) => tracing::warn!(
-                        "cannot listen on service address {addr}: {err}; is another process bound to it?"
-                    ),
+                    Err(err) => {
+                        if failed.insert(*addr) {
+                            tracing::warn!(
+                                "cannot listen on service address {addr}: {err}; is another process bound to it?"
+                            );
+                        }
+                    }
                 }
             }
             if changes.changed().await.is_err() {
@@ -179,6 +186,71 @@ mod tests {
 
     fn names(backends: &[Backend]) -> Vec<String> {
         backends.iter().map(|b| b.alloc.name.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_moves_on_to_the_next_backend() {
+        use crate::net::table::{RoutingTable, ServiceRoutes};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A port nothing listens on any more.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = live.accept().await {
+                stream.write_all(b"live").await.ok();
+            }
+        });
+        let name = Name {
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        let mut backends = vec![backend("dead"), backend("live")];
+        backends[0].address = dead;
+        backends[1].address = live_addr;
+        let vip: SocketAddr = SocketAddr::new([127, 77, 254, 253].into(), dead.port());
+        let mut table = RoutingTable::default();
+        table.vips.insert(vip, name.clone());
+        table.services.insert(
+            name.clone(),
+            Arc::new(ServiceRoutes {
+                name,
+                vip: None,
+                port: vip.port(),
+                routes: Vec::new(),
+                backends,
+            }),
+        );
+        let _balancer = run(
+            Routing::fixed(table),
+            VipConfig {
+                connect_timeout: Duration::from_secs(5),
+            },
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut answers = Vec::new();
+        while answers.len() < 4 {
+            match TcpStream::connect(vip).await {
+                Ok(mut stream) => {
+                    let mut text = String::new();
+                    stream.read_to_string(&mut text).await.unwrap();
+                    answers.push(text);
+                }
+                Err(_) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the VIP never listened"
+                    );
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        assert_eq!(
+            answers, ["live"; 4],
+            "every connection reaches the live backend"
+        );
     }
 
     #[test]
