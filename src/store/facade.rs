@@ -22,6 +22,7 @@ use super::db::{internal, Database};
 use super::log::LogStore;
 use super::network::{route, CallError, Network, RpcClient};
 use super::proposer::{Forwarder, Proposer};
+use super::rounds::Rounds;
 use super::state_machine::{Replica, StateMachine};
 use super::types::{Applied, Expired, Key, RaftInfo, Role, Rv, StoreConfig, StoreError, Txn};
 use super::watch::Watch;
@@ -38,6 +39,9 @@ struct Inner {
     raft: Raft,
     proposer: Proposer,
     forwarder: Forwarder,
+    /// Read-index rounds on this node as the leader, and forwarded to the leader.
+    leader_reads: Rounds<Attempt<Rv>>,
+    forwarded_reads: Rounds<Result<Attempt<Rv>, CallError>>,
     replica: Arc<Replica>,
     committed: Arc<AtomicU64>,
     rpc: RpcClient,
@@ -73,6 +77,20 @@ impl Store {
             .map_err(internal)?;
         let proposer = Proposer::spawn(raft.clone());
         let forwarder = Forwarder::spawn(rpc.clone(), timing.forward_deadline());
+        let leader_reads = {
+            let raft = raft.clone();
+            Rounds::spawn(move |_| {
+                let raft = raft.clone();
+                async move { read_index(&raft).await }
+            })
+        };
+        let forwarded_reads = {
+            let (rpc, timeout) = (rpc.clone(), timing.forward_deadline());
+            Rounds::spawn(move |leader: String| {
+                let rpc = rpc.clone();
+                async move { rpc.call(&leader, route::READ_INDEX, &(), timeout).await }
+            })
+        };
         tracing::info!(
             node_id = config.node_id,
             applied = replica.applied(),
@@ -85,6 +103,8 @@ impl Store {
                 raft,
                 proposer,
                 forwarder,
+                leader_reads,
+                forwarded_reads,
                 replica,
                 committed,
                 rpc,
@@ -170,7 +190,10 @@ impl Store {
                 deadline,
                 route::READ_INDEX,
                 || self.read_index_here(),
-                self.call(route::READ_INDEX, &()),
+                |leader, _| async move {
+                    let shared = self.inner.forwarded_reads.join(leader).await;
+                    shared.unwrap_or_else(|| Ok(Attempt::Failed(shutting_down())))
+                },
             )
             .await?;
         self.inner
@@ -378,17 +401,13 @@ impl Store {
     }
 
     /// The read index as an rv, on this node, which should be the leader.
+    /// Concurrent callers share one round (see `rounds`).
     pub(crate) async fn read_index_here(&self) -> Attempt<Rv> {
-        match self.inner.raft.ensure_linearizable().await {
-            Ok(log_id) => Attempt::Done(log_id.map_or(0, |id| entry_rv(id.index))),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                Attempt::Retry("this node is no longer the leader".into())
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Attempt::Retry(format!("the leader lost its quorum: {e}"))
-            }
-            Err(e) => Attempt::Failed(fatal(e)),
-        }
+        self.inner
+            .leader_reads
+            .join(String::new())
+            .await
+            .unwrap_or_else(|| Attempt::Failed(shutting_down()))
     }
 
     pub(crate) async fn add_voter_here(&self, request: MemberRequest) -> Attempt<()> {
@@ -460,6 +479,24 @@ fn membership_attempt<T, R>(
         ),
         Err(e) => Some(Attempt::Failed(fatal(e))),
     }
+}
+
+/// One leadership round on this node, which should be the leader: the read index as an rv.
+async fn read_index(raft: &Raft) -> Attempt<Rv> {
+    match raft.ensure_linearizable().await {
+        Ok(log_id) => Attempt::Done(log_id.map_or(0, |id| entry_rv(id.index))),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+            Attempt::Retry("this node is no longer the leader".into())
+        }
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+            Attempt::Retry(format!("the leader lost its quorum: {e}"))
+        }
+        Err(e) => Attempt::Failed(fatal(e)),
+    }
+}
+
+fn shutting_down() -> StoreError {
+    StoreError::Unavailable("the store is shutting down".into())
 }
 
 fn fatal(e: impl std::fmt::Display) -> StoreError {

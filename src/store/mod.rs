@@ -54,7 +54,10 @@
 //! - `network` / `rpc`: the node-to-node HTTP client and routes (`/internal/raft/*`).
 //! - `consensus`: openraft's type configuration (an entry is a `Batch` of txns), the rv of
 //!   a txn in an entry, and every timeout of the store.
-//! - `proposer`: batches the txns proposed concurrently on the leader into shared entries.
+//! - `proposer`: batches the txns proposed concurrently on the leader into shared entries,
+//!   and a follower's forwards of them into shared requests.
+//! - `rounds`: concurrent read barriers share one leadership round (and one request to
+//!   the leader from a follower).
 //! - `db`: the sled database, its node identity, and waiting for its release on shutdown.
 //! - `facade`: [`Store`], which wires them and forwards from followers to the leader.
 
@@ -64,6 +67,7 @@ mod facade;
 mod log;
 mod network;
 mod proposer;
+mod rounds;
 mod rpc;
 mod snapshot;
 mod state;
