@@ -48,6 +48,19 @@ pub(crate) fn error(code: StatusCode, message: impl Into<String>) -> Response {
     super::respond::json(code, &json!({ "error": message.into() }))
 }
 
+/// How often a `/v1` write re-reads an object that changed under it before giving up: the
+/// controllers and agents write status all the time, so a precondition on the version read
+/// can fail by chance; each attempt reads and checks afresh.
+pub(crate) const ATTEMPTS: usize = 10;
+
+/// The 409 after [`ATTEMPTS`] conflicts on `what`.
+pub(crate) fn kept_changing(what: &str) -> Response {
+    error(
+        StatusCode::CONFLICT,
+        format!("{what} kept changing while this request was handled; send it again"),
+    )
+}
+
 /// `?namespace=NS` of the namespaced `/v1` endpoints (default `default`).
 #[derive(Debug, Deserialize)]
 pub(crate) struct NamespaceQuery {

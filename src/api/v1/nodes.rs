@@ -10,11 +10,12 @@
 //! the Raft membership. Removing the leader works the same way: openraft commits the
 //! membership without it and it steps down, and the others elect a new leader. If the
 //! membership change fails after the Node object is gone, `DELETE /v1/nodes/{raft id}`
-//! finishes it.
+//! finishes it. Both writes re-read and check again when the Node changed under them (its
+//! status moves with every heartbeat).
 
-use super::{error, object, rv_of, store_error, typed, ALLOCS, NODES};
+use super::{error, kept_changing, object, rv_of, store_error, typed, ALLOCS, ATTEMPTS, NODES};
 use crate::api::{objects, respond, ApiState};
-use crate::store::{Op, Part, Store, Txn};
+use crate::store::{Op, Part, Store, StoreError, Txn};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -91,32 +92,41 @@ fn no_such_node(id: &str, store: &Store) -> Response {
 /// `POST /v1/nodes/{id}/drain`: make the node unschedulable; the controllers empty it.
 /// Answers the node as `GET /v1/nodes` shows it.
 pub(crate) async fn drain(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
-    let store = &state.store;
-    if let Err(err) = store.read_barrier().await {
-        return store_error(&err);
+    for _ in 0..ATTEMPTS {
+        if let Some(answer) = drain_once(&state.store, &id).await {
+            return answer;
+        }
     }
-    let Some((key, stored, node)) = object::<Node>(store, NODES, None, &id) else {
-        return no_such_node(&id, store);
+    kept_changing(&format!("node {id}"))
+}
+
+/// One drain attempt: the answer, or `None` when the Node changed since it was read.
+async fn drain_once(store: &Store, id: &str) -> Option<Response> {
+    if let Err(err) = store.read_barrier().await {
+        return Some(store_error(&err));
+    }
+    let Some((key, stored, node)) = object::<Node>(store, NODES, None, id) else {
+        return Some(no_such_node(id, store));
     };
     let allocs: Vec<Alloc> = typed(store, ALLOCS, None);
     if node.spec.unschedulable {
-        return respond::ok(&node_json(&node, &allocs));
+        return Some(respond::ok(&node_json(&node, &allocs)));
     }
-    let services = live_on(&allocs, &id)
+    let services = live_on(&allocs, id)
         .filter(|a| a.spec.owner.kind == OwnerKind::Service)
         .count();
     let elsewhere = typed::<Node>(store, NODES, None).into_iter().any(|n| {
-        n.metadata.name.as_deref() != Some(id.as_str())
+        n.metadata.name.as_deref() != Some(id)
             && !n.spec.unschedulable
             && n.status.as_ref().map(|s| s.state).unwrap_or_default() == NodeState::Ready
     });
     if services > 0 && !elsewhere {
-        return error(
+        return Some(error(
             StatusCode::CONFLICT,
             format!(
                 "cannot drain {id}: it runs {services} service allocation(s) and no other ready node can take them; join another node first (mill join), or remove those services from the config; nothing was changed"
             ),
-        );
+        ));
     }
     let mut updated = stored.clone();
     updated["spec"]["unschedulable"] = json!(true);
@@ -131,7 +141,8 @@ pub(crate) async fn drain(State(state): State<Arc<ApiState>>, Path(id): Path<Str
     };
     let applied = match store.propose(txn).await {
         Ok(applied) => applied,
-        Err(err) => return store_error(&err),
+        Err(StoreError::Conflict { .. }) => return None,
+        Err(err) => return Some(store_error(&err)),
     };
     let node = applied
         .objects
@@ -140,26 +151,47 @@ pub(crate) async fn drain(State(state): State<Arc<ApiState>>, Path(id): Path<Str
         .flatten()
         .and_then(|o| serde_json::from_value::<Node>(o).ok())
         .unwrap_or(node);
-    respond::ok(&node_json(&node, &allocs))
+    Some(respond::ok(&node_json(&node, &allocs)))
+}
+
+/// What one removal attempt came to.
+enum Removal {
+    /// The Node object is deleted: take Raft member `0` out of the membership.
+    Deleted(u64),
+    /// The answer, as it is.
+    Answer(Response),
+    /// The Node changed since it was read: read again.
+    Changed,
 }
 
 /// `DELETE /v1/nodes/{id}`: remove a drained (or empty) node from the cluster.
 pub(crate) async fn remove(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
     let store = &state.store;
+    for _ in 0..ATTEMPTS {
+        match remove_once(store, &id).await {
+            Removal::Deleted(raft_id) => return leave_membership(store, raft_id, &id).await,
+            Removal::Answer(answer) => return answer,
+            Removal::Changed => {}
+        }
+    }
+    kept_changing(&format!("node {id}"))
+}
+
+async fn remove_once(store: &Store, id: &str) -> Removal {
     if let Err(err) = store.read_barrier().await {
-        return store_error(&err);
+        return Removal::Answer(store_error(&err));
     }
     let voters = store.raft_info().voters;
-    let Some((key, stored, node)) = object::<Node>(store, NODES, None, &id) else {
+    let Some((key, stored, node)) = object::<Node>(store, NODES, None, id) else {
         // A removal whose membership change failed after the Node object went.
         if let Some(raft_id) = id
             .parse::<u64>()
             .ok()
             .filter(|r| voters.iter().any(|v| v.0 == *r))
         {
-            return leave_membership(store, raft_id, &id).await;
+            return Removal::Deleted(raft_id);
         }
-        return no_such_node(&id, store);
+        return Removal::Answer(no_such_node(id, store));
     };
     let view = View {
         allocs: typed::<Alloc>(store, ALLOCS, None)
@@ -169,14 +201,14 @@ pub(crate) async fn remove(State(state): State<Arc<ApiState>>, Path(id): Path<St
         ..View::default()
     };
     if let Err(refused) = mill_controllers::drain::check_removal(&view, &node) {
-        return error(StatusCode::CONFLICT, format!("{id}: {refused}"));
+        return Removal::Answer(error(StatusCode::CONFLICT, format!("{id}: {refused}")));
     }
     let raft_id = node.spec.raft_id;
     if voters.iter().all(|v| v.0 == raft_id) {
-        return error(
+        return Removal::Answer(error(
             StatusCode::CONFLICT,
             format!("cannot remove {id}: it is the cluster's only member, and the cluster would end with it; nothing was changed"),
-        );
+        ));
     }
     let txn = Txn {
         ops: vec![Op::Delete {
@@ -186,10 +218,11 @@ pub(crate) async fn remove(State(state): State<Arc<ApiState>>, Path(id): Path<St
         }],
         now: objects::now_rfc3339(),
     };
-    if let Err(err) = store.propose(txn).await {
-        return store_error(&err);
+    match store.propose(txn).await {
+        Ok(_) => Removal::Deleted(raft_id),
+        Err(StoreError::Conflict { .. }) => Removal::Changed,
+        Err(err) => Removal::Answer(store_error(&err)),
     }
-    leave_membership(store, raft_id, &id).await
 }
 
 /// Takes Raft node `raft_id` (named `name`) out of the membership.

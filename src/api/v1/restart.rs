@@ -8,7 +8,7 @@
 //! Answers `{service, namespace, deploy}` at once.
 
 use super::rollout::{commit_rollout, deploy_name, service_to_roll};
-use super::NamespaceQuery;
+use super::{kept_changing, NamespaceQuery, ATTEMPTS};
 use crate::api::ApiState;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -22,12 +22,17 @@ pub(crate) async fn restart(
     Query(query): Query<NamespaceQuery>,
 ) -> Response {
     let store = &state.store;
-    let (key, stored, _) = match service_to_roll(store, query.namespace(), &name).await {
-        Ok(found) => found,
-        Err(answer) => return *answer,
-    };
-    let deploy = deploy_name("restart");
-    let mut updated = stored.clone();
-    updated["metadata"]["annotations"][mill_controllers::RESTART_ANNOTATION] = json!(deploy);
-    commit_rollout(store, key, &stored, updated, &deploy).await
+    for _ in 0..ATTEMPTS {
+        let (key, stored, _) = match service_to_roll(store, query.namespace(), &name).await {
+            Ok(found) => found,
+            Err(answer) => return *answer,
+        };
+        let deploy = deploy_name("restart");
+        let mut updated = stored.clone();
+        updated["metadata"]["annotations"][mill_controllers::RESTART_ANNOTATION] = json!(deploy);
+        if let Some(answer) = commit_rollout(store, key, &stored, updated, &deploy).await {
+            return answer;
+        }
+    }
+    kept_changing(&format!("service {name}"))
 }

@@ -9,9 +9,12 @@
 //! CLI follows exactly as it follows `mill deploy`. Both answer `{service, namespace,
 //! deploy}` at once; the rollout goes on in the cluster.
 
-use super::{error, object, rv_of, store_error, typed, NamespaceQuery, DEPLOYS, SERVICES};
+use super::{
+    error, kept_changing, object, rv_of, store_error, typed, NamespaceQuery, ATTEMPTS, DEPLOYS,
+    SERVICES,
+};
 use crate::api::{objects, respond, ApiState};
-use crate::store::{Key, Op, Part, Store, Txn};
+use crate::store::{Key, Op, Part, Store, StoreError, Txn};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -61,14 +64,15 @@ pub(crate) async fn service_to_roll(
 
 /// Commits `service` (already changed by the caller) together with a one-service Deploy
 /// named `deploy` that the Service's deploy annotation points at, and answers
-/// `{service, namespace, deploy}`.
+/// `{service, namespace, deploy}`; `None` if the Service changed since it was read (read it
+/// again: its status moves all the time).
 pub(crate) async fn commit_rollout(
     store: &Store,
     key: Key,
     stored: &Value,
     mut service: Value,
     deploy: &str,
-) -> Response {
+) -> Option<Response> {
     let namespace = key.namespace.clone().unwrap_or_default();
     let name = key.name.clone();
     service["metadata"]["annotations"][mill_controllers::DEPLOY_ANNOTATION] = json!(deploy);
@@ -101,8 +105,11 @@ pub(crate) async fn commit_rollout(
         now,
     };
     match store.propose(txn).await {
-        Ok(_) => respond::ok(&json!({"service": name, "namespace": namespace, "deploy": deploy})),
-        Err(err) => store_error(&err),
+        Ok(_) => Some(respond::ok(
+            &json!({"service": name, "namespace": namespace, "deploy": deploy}),
+        )),
+        Err(StoreError::Conflict { .. }) => None,
+        Err(err) => Some(store_error(&err)),
     }
 }
 
@@ -185,9 +192,24 @@ pub(crate) async fn undo(
         ),
     };
     let store = &state.store;
-    let (key, stored, service) = match service_to_roll(store, namespace, &name).await {
+    for _ in 0..ATTEMPTS {
+        if let Some(answer) = undo_once(store, namespace, &name, wanted).await {
+            return answer;
+        }
+    }
+    kept_changing(&format!("service {name}"))
+}
+
+/// One undo attempt: the answer, or `None` when the Service changed since it was read.
+async fn undo_once(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+    wanted: Option<i64>,
+) -> Option<Response> {
+    let (key, stored, service) = match service_to_roll(store, namespace, name).await {
         Ok(found) => found,
-        Err(answer) => return *answer,
+        Err(answer) => return Some(*answer),
     };
     let status = service.status.clone().unwrap_or_default();
     let mut history = status.history.clone();
@@ -222,16 +244,16 @@ pub(crate) async fn undo(
     };
     let revision = match chosen {
         Ok(revision) => revision.clone(),
-        Err(answer) => return answer,
+        Err(answer) => return Some(answer),
     };
     if normalized(revision.template.clone()) == normalized(service.spec.template()) {
-        return error(
+        return Some(error(
             StatusCode::CONFLICT,
             format!(
                 "service {name} already runs the template of revision {}; nothing was changed",
                 revision.revision
             ),
-        );
+        ));
     }
     let mut spec = service.spec.clone();
     let template = revision.template;

@@ -11,7 +11,10 @@
 //! Kill sets `spec.desiredState` to `Stopped`: the agent stops the container and the run
 //! ends `stopped` (a run not yet placed is ended by the scheduler).
 
-use super::{error, object, parse_body, rv_of, store_error, typed, NamespaceQuery, ALLOCS, TASKS};
+use super::{
+    error, kept_changing, object, parse_body, rv_of, store_error, typed, NamespaceQuery, ALLOCS,
+    ATTEMPTS, TASKS,
+};
 use crate::api::{objects, respond, ApiState};
 use crate::store::{Key, Op, Part, Store, StoreError, Txn};
 use axum::body::Bytes;
@@ -331,17 +334,25 @@ pub(crate) async fn kill(
     Path(id): Path<String>,
     Query(query): Query<NamespaceQuery>,
 ) -> Response {
-    let store = &state.store;
-    let namespace = query.namespace();
-    if let Err(err) = store.read_barrier().await {
-        return store_error(&err);
+    for _ in 0..ATTEMPTS {
+        if let Some(answer) = kill_once(&state.store, query.namespace(), &id).await {
+            return answer;
+        }
     }
-    let Some((key, stored, alloc)) = find_run(store, namespace, &id) else {
-        return no_such_run(&id, namespace);
+    kept_changing(&format!("task run {id}"))
+}
+
+/// One kill attempt: the answer, or `None` when the run changed since it was read.
+async fn kill_once(store: &Store, namespace: &str, id: &str) -> Option<Response> {
+    if let Err(err) = store.read_barrier().await {
+        return Some(store_error(&err));
+    }
+    let Some((key, stored, alloc)) = find_run(store, namespace, id) else {
+        return Some(no_such_run(id, namespace));
     };
     let ended = alloc.status.as_ref().is_some_and(|s| s.phase.is_terminal());
     if ended || alloc.spec.desired_state == DesiredState::Stopped {
-        return respond::ok(&task_json(&alloc));
+        return Some(respond::ok(&task_json(&alloc)));
     }
     let mut updated = stored.clone();
     updated["spec"]["desiredState"] = json!(DesiredState::Stopped);
@@ -363,9 +374,10 @@ pub(crate) async fn kill(
                 .flatten()
                 .and_then(|o| serde_json::from_value::<Alloc>(o).ok())
                 .unwrap_or(alloc);
-            respond::ok(&task_json(&alloc))
+            Some(respond::ok(&task_json(&alloc)))
         }
-        Err(err) => store_error(&err),
+        Err(StoreError::Conflict { .. }) => None,
+        Err(err) => Some(store_error(&err)),
     }
 }
 
