@@ -6,7 +6,7 @@
 use super::hosts::{Host, Network};
 use super::support::containerd::Containerd;
 use super::support::{eventually, images};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use mill_crds::{Alloc, AllocPhase, Deploy, Node as NodeObject, NodeState, Service};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -607,47 +607,21 @@ impl Cluster {
         Some((status, response.text().await.ok()?))
     }
 
-    /// Creates a Task template `name` and one run of it (a task Alloc, unplaced, as
-    /// spawning makes it) named `run`.
-    pub async fn spawn_task(&self, name: &str, run: &str, template: Value, timeout: Option<&str>) {
-        let client = self.client().await;
-        let tasks: Api<mill_crds::Task> = Api::namespaced(client.clone(), "default");
-        if tasks.get_opt(name).await.expect("get task").is_none() {
-            let mut spec = template.clone();
-            if let Some(t) = timeout {
-                spec["timeout"] = json!(t);
-            }
-            let task: mill_crds::Task = serde_json::from_value(json!({
-                "apiVersion": "mill.dev/v1",
-                "kind": "Task",
-                "metadata": {"name": name, "namespace": "default"},
-                "spec": spec,
-            }))
-            .expect("a valid Task");
-            tasks
-                .create(&PostParams::default(), &task)
-                .await
-                .expect("task created");
-        }
-        let mut spec = json!({
-            "owner": {"kind": "task", "name": name},
-            "template": template,
-        });
-        if let Some(t) = timeout {
-            spec["timeout"] = json!(t);
-        }
-        let alloc: Alloc = serde_json::from_value(json!({
-            "apiVersion": "mill.dev/v1",
-            "kind": "Alloc",
-            "metadata": {"name": run, "namespace": "default"},
-            "spec": spec,
-        }))
-        .expect("a valid task Alloc");
-        let allocs: Api<Alloc> = Api::namespaced(client, "default");
-        allocs
-            .create(&PostParams::default(), &alloc)
+    /// `POST /v1/tasks/spawn` with `request` through a running node; returns the run's id
+    /// (also the name of its Alloc).
+    pub async fn spawn(&self, request: Value) -> String {
+        let answer = self
+            .http
+            .post(self.nodes[self.live()].url("/v1/tasks/spawn"))
+            .bearer_auth(TOKEN)
+            .json(&request)
+            .send()
             .await
-            .expect("task run created");
+            .expect("POST /v1/tasks/spawn reaches the node");
+        let code = answer.status().as_u16();
+        let body: Value = answer.json().await.expect("a JSON answer");
+        assert_eq!(code, 201, "spawn {request}: {body}");
+        body["id"].as_str().expect("the run's id").to_string()
     }
 
     /// Waits until alloc `name` is terminal; returns it.

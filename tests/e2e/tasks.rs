@@ -1,6 +1,7 @@
-//! Task runs on a 3-node cluster: exit codes, timeout, a lost host, and garbage
-//! collection of runs. Runs are made the way spawning makes them: a Task template and an
-//! unplaced task Alloc, which the scheduler places and the agent runs once.
+//! Task runs on a 3-node cluster: exit codes, timeout, a lost host, a kill, and garbage
+//! collection of runs. Runs are spawned through `POST /v1/tasks/spawn` (an inline image:
+//! the image's last path segment, `web`, names the task); the scheduler places them and
+//! the agent runs each once.
 
 use super::harness::{phase, summary, Cluster, HEARTBEAT_TIMEOUT, TOKEN, WITHIN};
 use super::support::eventually;
@@ -9,7 +10,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-fn template(cluster: &Cluster, script: &str) -> Value {
+/// A spawn request running `script` in the web image.
+fn inline(cluster: &Cluster, script: &str) -> Value {
     json!({
         "image": cluster.images.v1,
         "command": ["/bin/sh", "-c", script],
@@ -18,23 +20,28 @@ fn template(cluster: &Cluster, script: &str) -> Value {
     })
 }
 
+/// The task run (Alloc) `id`, if it exists.
+async fn run_of(cluster: &Cluster, id: &str) -> Option<mill_crds::Alloc> {
+    cluster
+        .all_allocs()
+        .await
+        .into_iter()
+        .find(|a| a.metadata.name.as_deref() == Some(id))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_that_exits_0_is_stopped_and_one_that_exits_1_failed() {
     let cluster = Cluster::start(&[]).await;
-    cluster
-        .spawn_task("ok", "ok-a1b2", template(&cluster, "echo done"), None)
-        .await;
-    cluster
-        .spawn_task("bad", "bad-c3d4", template(&cluster, "exit 1"), None)
-        .await;
-    let ok = cluster.wait_ended("ok-a1b2").await;
+    let ok = cluster.spawn(inline(&cluster, "echo done")).await;
+    let bad = cluster.spawn(inline(&cluster, "exit 1")).await;
+    let ok = cluster.wait_ended(&ok).await;
     let status = ok.status.clone().unwrap();
     assert_eq!(
         (status.phase, status.exit_code),
         (AllocPhase::Stopped, Some(0)),
         "{status:?}"
     );
-    let bad = cluster.wait_ended("bad-c3d4").await;
+    let bad = cluster.wait_ended(&bad).await;
     let status = bad.status.clone().unwrap();
     assert_eq!(
         (status.phase, status.exit_code),
@@ -47,15 +54,10 @@ async fn a_task_that_exits_0_is_stopped_and_one_that_exits_1_failed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_past_its_timeout_is_killed_and_failed() {
     let cluster = Cluster::start(&[]).await;
-    cluster
-        .spawn_task(
-            "slow",
-            "slow-e5f6",
-            template(&cluster, "sleep 300"),
-            Some("2s"),
-        )
-        .await;
-    let run = cluster.wait_ended("slow-e5f6").await;
+    let mut request = inline(&cluster, "sleep 300");
+    request["timeout"] = json!("2s");
+    let id = cluster.spawn(request).await;
+    let run = cluster.wait_ended(&id).await;
     let status = run.status.clone().unwrap();
     assert_eq!(status.phase, AllocPhase::Failed, "{status:?}");
     assert!(
@@ -82,15 +84,9 @@ async fn a_task_past_its_timeout_is_killed_and_failed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_on_a_lost_host_fails_with_node_lost_and_is_not_retried() {
     let cluster = Cluster::start(&[]).await;
-    cluster
-        .spawn_task("long", "long-g7h8", template(&cluster, "sleep 300"), None)
-        .await;
+    let id = cluster.spawn(inline(&cluster, "sleep 300")).await;
     let node = eventually(WITHIN, "the task running", || async {
-        let alloc = cluster
-            .all_allocs()
-            .await
-            .into_iter()
-            .find(|a| a.metadata.name.as_deref() == Some("long-g7h8"))?;
+        let alloc = run_of(&cluster, &id).await?;
         // A task has no health check: running is healthy.
         matches!(phase(&alloc), AllocPhase::Running | AllocPhase::Healthy)
             .then(|| alloc.spec.node_name.clone())?
@@ -99,11 +95,7 @@ async fn a_task_on_a_lost_host_fails_with_node_lost_and_is_not_retried() {
     let index: usize = node.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
     cluster.lose_host(index);
     let run = eventually(HEARTBEAT_TIMEOUT + WITHIN, "the run failed", || async {
-        let alloc = cluster
-            .all_allocs()
-            .await
-            .into_iter()
-            .find(|a| a.metadata.name.as_deref() == Some("long-g7h8"))?;
+        let alloc = run_of(&cluster, &id).await?;
         phase(&alloc).is_terminal().then_some(alloc)
     })
     .await;
@@ -113,12 +105,7 @@ async fn a_task_on_a_lost_host_fails_with_node_lost_and_is_not_retried() {
         (AllocPhase::Failed, Some("node lost")),
         "{status:?}"
     );
-    let runs: Vec<_> = cluster
-        .all_allocs()
-        .await
-        .into_iter()
-        .filter(|a| a.spec.owner.name == "long")
-        .collect();
+    let runs = cluster.all_allocs().await;
     assert_eq!(runs.len(), 1, "not retried: {:#?}", summary(&runs));
 }
 
@@ -131,20 +118,22 @@ const IN_FLIGHT: usize = 30;
 #[tokio::test(flavor = "multi_thread")]
 async fn after_500_task_runs_the_alloc_count_stays_within_the_gc_limits() {
     let cluster = Cluster::start(&[]).await;
-    let template = template(&cluster, "true");
+    let request = inline(&cluster, "true");
     let mut most = 0;
     let mut next = 0;
+    // The runs' ids in the order they were spawned.
+    let mut order: Vec<String> = Vec::new();
     let mut pending: BTreeSet<String> = BTreeSet::new();
     let mut progress = Instant::now();
     while next < RUNS || !pending.is_empty() {
-        while next < RUNS && pending.len() < IN_FLIGHT {
-            let name = format!("job-{next:04}");
-            cluster
-                .spawn_task("job", &name, template.clone(), None)
-                .await;
-            pending.insert(name);
-            next += 1;
+        // Refill to IN_FLIGHT with concurrent spawns (their writes share Raft rounds).
+        let wanted = (IN_FLIGHT - pending.len().min(IN_FLIGHT)).min(RUNS - next);
+        let spawns = (0..wanted).map(|_| cluster.spawn(request.clone()));
+        for id in futures::future::join_all(spawns).await {
+            order.push(id.clone());
+            pending.insert(id);
         }
+        next += wanted;
         let allocs = cluster.all_allocs().await;
         most = most.max(allocs.len());
         // The ended runs gc may not have collected yet are at most the ones that ended
@@ -182,15 +171,19 @@ async fn after_500_task_runs_the_alloc_count_stays_within_the_gc_limits() {
     );
     // The kept runs are the newest: runs end roughly in the order they were made (at most
     // IN_FLIGHT run at once), so none of the oldest ones survives.
+    // (An id reused after its run was collected counts at its newest spawn.)
     let oldest_kept = allocs
         .iter()
-        .filter_map(|a| a.metadata.name.clone())
+        .filter_map(|a| {
+            let name = a.metadata.name.as_ref()?;
+            order.iter().rposition(|id| id == name)
+        })
         .min()
         .unwrap();
-    let bound = format!("job-{:04}", RUNS - TASK_RUNS_KEPT - 2 * IN_FLIGHT);
+    let bound = RUNS - TASK_RUNS_KEPT - 2 * IN_FLIGHT;
     assert!(
         oldest_kept >= bound,
-        "the newest runs are the ones kept, yet {oldest_kept} is"
+        "the newest runs are the ones kept, yet run {oldest_kept} of {RUNS} is"
     );
     eprintln!("gc: at most {most} Alloc objects during {RUNS} runs");
 }
