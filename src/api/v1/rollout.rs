@@ -171,6 +171,48 @@ pub(crate) struct UndoQuery {
     to_revision: Option<String>,
 }
 
+/// Why an undo has no revision to go back to.
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum UndoRefused {
+    /// `toRevision` names a revision not retained.
+    #[error("has no revision {wanted} (retained: {retained}); see mill rollout history")]
+    NoSuchRevision { wanted: i64, retained: String },
+    /// No retained revision older than the serving one succeeded.
+    #[error("has no earlier revision to go back to (retained: {retained}); nothing was changed")]
+    NothingEarlier { retained: String },
+}
+
+/// The revision an undo rolls out: `wanted`, or the newest retained revision older than
+/// the serving one that did not fail.
+fn undo_source(
+    history: &[Revision],
+    serving: Option<i64>,
+    wanted: Option<i64>,
+) -> Result<Revision, UndoRefused> {
+    let mut history = history.to_vec();
+    history.sort_by_key(|r| r.revision);
+    let retained = history
+        .iter()
+        .map(|r| r.revision.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let found = match wanted {
+        Some(n) => history.iter().find(|r| r.revision == n),
+        None => {
+            let serving = serving.unwrap_or(i64::MAX);
+            history
+                .iter()
+                .rev()
+                .find(|r| r.revision < serving && r.failure.is_none())
+        }
+    };
+    match (found, wanted) {
+        (Some(revision), _) => Ok(revision.clone()),
+        (None, Some(wanted)) => Err(UndoRefused::NoSuchRevision { wanted, retained }),
+        (None, None) => Err(UndoRefused::NothingEarlier { retained }),
+    }
+}
+
 fn normalized(mut template: ContainerTemplate) -> ContainerTemplate {
     template.volumes.sort_by(|a, b| a.name.cmp(&b.name));
     template
@@ -212,40 +254,17 @@ async fn undo_once(
         Err(answer) => return Some(*answer),
     };
     let status = service.status.clone().unwrap_or_default();
-    let mut history = status.history.clone();
-    history.sort_by_key(|r| r.revision);
-    let retained: Vec<String> = history.iter().map(|r| r.revision.to_string()).collect();
-    let chosen = match wanted {
-        Some(n) => history.iter().find(|r| r.revision == n).ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "service {name} has no revision {n} (retained: {}); see mill rollout history {name}",
-                    retained.join(", ")
-                ),
-            )
-        }),
-        None => {
-            let serving = status.revision.unwrap_or(i64::MAX);
-            history
-                .iter()
-                .rev()
-                .find(|r| r.revision < serving && r.failure.is_none())
-                .ok_or_else(|| {
-                    error(
-                        StatusCode::CONFLICT,
-                        format!(
-                            "service {name} has no earlier revision to go back to (retained: {}); nothing was changed",
-                            retained.join(", ")
-                        ),
-                    )
-                })
+    let revision = match undo_source(&status.history, status.revision, wanted) {
+        Ok(revision) => revision,
+        Err(refused) => {
+            let code = match refused {
+                UndoRefused::NoSuchRevision { .. } => StatusCode::NOT_FOUND,
+                UndoRefused::NothingEarlier { .. } => StatusCode::CONFLICT,
+            };
+            return Some(error(code, format!("service {name} {refused}")));
         }
     };
-    let revision = match chosen {
-        Ok(revision) => revision.clone(),
-        Err(answer) => return Some(answer),
-    };
+
     if normalized(revision.template.clone()) == normalized(service.spec.template()) {
         return Some(error(
             StatusCode::CONFLICT,
@@ -269,4 +288,66 @@ async fn undo_once(
     updated["spec"] = json!(spec);
     let deploy = deploy_name("undo");
     commit_rollout(store, key, &stored, updated, &deploy).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn revision(n: i64, failure: Option<&str>) -> Revision {
+        Revision {
+            revision: n,
+            template: ContainerTemplate {
+                image: format!("img:{n}"),
+                command: None,
+                port: Some(8080),
+                cpu: 0.1,
+                memory: mill_crds::ByteSize(1 << 20),
+                env: Default::default(),
+                health: None,
+                volumes: Vec::new(),
+            },
+            created_at: Time(jiff::Timestamp::UNIX_EPOCH),
+            cause: None,
+            restart: None,
+            failure: failure.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn undo_goes_to_the_newest_older_revision_that_did_not_fail_or_the_one_asked_for() {
+        let history = vec![
+            revision(3, Some("exited with code 1")),
+            revision(1, None),
+            revision(4, None),
+            revision(2, None),
+        ];
+        // (serving, toRevision, the revision chosen or the refusal's start)
+        type Case = (Option<i64>, Option<i64>, Result<i64, &'static str>);
+        let table: [Case; 6] = [
+            (Some(4), None, Ok(2)),
+            (Some(3), None, Ok(2)),
+            (Some(2), None, Ok(1)),
+            (Some(1), None, Err("has no earlier revision")),
+            (Some(4), Some(3), Ok(3)),
+            (
+                Some(4),
+                Some(9),
+                Err("has no revision 9 (retained: 1, 2, 3, 4)"),
+            ),
+        ];
+        for (serving, wanted, expected) in table {
+            let got = undo_source(&history, serving, wanted)
+                .map(|r| r.revision)
+                .map_err(|e| e.to_string());
+            match (got, expected) {
+                (Ok(got), Ok(expected)) => assert_eq!(got, expected, "{serving:?} {wanted:?}"),
+                (Err(got), Err(expected)) => {
+                    assert!(got.starts_with(expected), "{got} vs {expected}")
+                }
+                (got, expected) => panic!("{serving:?} {wanted:?}: {got:?} vs {expected:?}"),
+            }
+        }
+    }
 }
