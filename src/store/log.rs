@@ -1,11 +1,12 @@
 //! Raft's log, vote and committed/purged ids in sled (`RaftLogStorage`).
 //!
 //! Entries live in the tree `raft_log` keyed by big-endian index (so sled's order is log
-//! order), as JSON. Votes are flushed before `save_vote` returns. Appends are group-committed:
-//! `append` writes the batch to sled and hands openraft's callback to one flusher task, which
-//! flushes once for every callback queued meanwhile and then completes them in order — so
-//! openraft keeps accepting and replicating entries while a flush is in flight, and 64
-//! concurrent writers cost one fsync per batch rather than one each. Single inserts, batches and range reads touch sled's in-memory page
+//! order), as JSON. Votes are flushed before `save_vote` returns. `append` writes the batch to
+//! sled and hands openraft's callback to one flusher task, which flushes once for every
+//! callback queued meanwhile and then completes them in order. (openraft 0.9's core awaits
+//! each append's callback before it takes the next request, so in practice one callback is
+//! queued per flush: what spreads one fsync over many writes is the `proposer` putting the
+//! concurrent txns in one entry.) Single inserts, batches and range reads touch sled's in-memory page
 //! cache and are cheap enough to run on the runtime; the only potentially long operation,
 //! purging thousands of entries after a snapshot, runs on a blocking thread.
 
