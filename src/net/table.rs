@@ -90,6 +90,9 @@ pub struct Backend {
 }
 
 /// The in-flight counter of one backend; shared by every table version that has it.
+/// Sequentially consistent, so that "count, then check the backend is still in the
+/// newest table" (VIP, proxy) and "publish a table, then read the counts" (the barrier)
+/// cannot both miss each other.
 #[derive(Debug, Default)]
 pub struct Load {
     in_flight: AtomicU32,
@@ -98,12 +101,12 @@ pub struct Load {
 impl Load {
     /// What is in flight now.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Counts one connection or request until the guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
     }
 }
@@ -114,7 +117,7 @@ pub struct InFlight(Arc<Load>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -131,18 +131,26 @@ async fn relay(
         return;
     };
     let candidates = least_loaded_first(&service.backends, turn);
+    let service = service.name.clone();
     drop(table);
     for backend in candidates {
+        // Counted from before the connect, and only to a backend still in the newest
+        // table once counted: a barrier answer that left this backend out of the table
+        // either saw this count or made us skip it, so a drain never misses a connection.
+        let in_flight = backend.load.start();
+        if !still_routed(routing, &service, &backend) {
+            continue;
+        }
         let connected =
             tokio::time::timeout(config.connect_timeout, TcpStream::connect(backend.address)).await;
         match connected {
             Ok(Ok(mut upstream)) => {
-                let _in_flight = backend.load.start();
                 upstream.set_nodelay(true).ok();
                 client.set_nodelay(true).ok();
                 if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                     tracing::debug!("VIP {addr} → {}: {err}", backend.address);
                 }
+                drop(in_flight);
                 return;
             }
             Ok(Err(err)) => {
@@ -152,6 +160,14 @@ async fn relay(
         }
     }
     tracing::debug!("VIP {addr}: no backend accepted the connection");
+}
+
+fn still_routed(routing: &Routing, service: &super::table::Name, backend: &Backend) -> bool {
+    routing
+        .load()
+        .services
+        .get(service)
+        .is_some_and(|s| s.backends.iter().any(|b| b.alloc == backend.alloc))
 }
 
 /// The backends in the order to try them: fewest in flight first; ties in turn, so idle
