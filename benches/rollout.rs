@@ -148,7 +148,7 @@ fn ms(d: Duration) -> f64 {
 async fn main() {
     let ctd = Containerd::start();
     let archive = images::build(&images::httpd("mill.test/httpd:1"), ctd.dir.path());
-    let first = 30_000 + support::free_port() % 20_000;
+    let first = 20_000 + support::free_port() % 12_000;
     let ports = format!("{first}-{}", first + 100);
     let node = MillNode::start(
         &ctd,

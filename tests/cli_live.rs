@@ -126,7 +126,7 @@ async fn cli_commands_against_a_live_cluster() {
     let registry = Registry::start();
     let archive = images::build(&images::httpd("mill.test/httpd:1"), ctd.dir.path());
     let image = registry.push(&archive, "mill/busybox:latest");
-    let first = 30_000 + support::free_port() % 20_000;
+    let first = 20_000 + support::free_port() % 12_000;
     let ports = format!("{first}-{}", first + 50);
     let node = MillNode::start(
         &ctd,

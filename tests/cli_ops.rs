@@ -54,7 +54,7 @@ task "check" {{
 /// A node with its controllers on and the test image loaded.
 async fn node(ctd: &Containerd) -> MillNode {
     // A port range of this test's own: other tests on the host may hold the default's.
-    let first = 30_000 + support::free_port() % 20_000;
+    let first = 20_000 + support::free_port() % 12_000;
     let ports = format!("{first}-{}", first + 50);
     let node = MillNode::start(
         ctd,

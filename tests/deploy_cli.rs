@@ -88,8 +88,9 @@ async fn mill_deploy_prints_the_phases_and_the_service_answers_http() {
     let registry = Registry::start();
     let archive = images::build(&images::httpd("mill.test/httpd:1"), ctd.dir.path());
     let image = registry.push(&archive, "mill/busybox:latest");
-    // A port range of this test's own: other tests on the host may hold the default's first ports.
-    let first = 30_000 + support::free_port() % 20_000;
+    // A port range of this test's own, below the kernel's ephemeral ports (32768+): other tests
+    // on the host may hold the default's first ports.
+    let first = 20_000 + support::free_port() % 12_000;
     let ports = format!("{first}-{}", first + 50);
     let node = MillNode::start(
         &ctd,
@@ -224,7 +225,7 @@ async fn mill_deploy_prints_the_phases_and_the_service_answers_http() {
 #[tokio::test(flavor = "multi_thread")]
 async fn mill_deploy_of_a_service_that_never_gets_healthy_says_failed_and_exits_1() {
     let ctd = Containerd::start();
-    let first = 30_000 + support::free_port() % 20_000;
+    let first = 20_000 + support::free_port() % 12_000;
     let ports = format!("{first}-{}", first + 50);
     let node = MillNode::start(
         &ctd,
