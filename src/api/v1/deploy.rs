@@ -52,47 +52,60 @@ pub(crate) async fn deploy(
     let namespace = query.namespace.unwrap_or_else(|| "default".to_string());
     let file = query.file.unwrap_or_else(|| "mill.conf".to_string());
     let store = &state.store;
-    if let Err(err) = store.read_barrier().await {
-        return store_error(&err);
-    }
-    let config = match config::parse(&file, &body, &snapshot(store, &namespace)) {
-        Ok(config) => config,
-        Err(invalid) => {
-            let details: Vec<Value> = invalid
-                .diagnostics
-                .iter()
-                .map(|d| json!({"line": d.line, "col": d.col, "message": d.message}))
-                .collect();
-            let count = details.len();
-            let error = format!(
-                "{file} is not valid ({count} problem{}); nothing was changed",
-                if count == 1 { "" } else { "s" }
-            );
-            return super::super::respond::json(
-                StatusCode::BAD_REQUEST,
-                &json!({"error": error, "details": details}),
+    // The txn expects every object it replaces to be as read; the controllers write the
+    // Services' status all the time during a rollout, so a conflict means "read again and
+    // re-plan", not "the user must retry" — unless it keeps happening.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if let Err(err) = store.read_barrier().await {
+            return store_error(&err);
+        }
+        let config = match config::parse(&file, &body, &snapshot(store, &namespace)) {
+            Ok(config) => config,
+            Err(invalid) => {
+                let details: Vec<Value> = invalid
+                    .diagnostics
+                    .iter()
+                    .map(|d| json!({"line": d.line, "col": d.col, "message": d.message}))
+                    .collect();
+                let count = details.len();
+                let error = format!(
+                    "{file} is not valid ({count} problem{}); nothing was changed",
+                    if count == 1 { "" } else { "s" }
+                );
+                return super::super::respond::json(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": error, "details": details}),
+                );
+            }
+        };
+        let stored = Stored::read(store, &namespace);
+        let diff = config::diff(&config, &stored.service_specs(), &stored.task_specs());
+        let changes = deploy_changes(&diff);
+        if query.dry_run {
+            return super::super::respond::ok(
+                &json!({ "namespace": namespace, "changes": changes }),
             );
         }
-    };
-    let stored = Stored::read(store, &namespace);
-    let diff = config::diff(&config, &stored.service_specs(), &stored.task_specs());
-    let changes = deploy_changes(&diff);
-    if query.dry_run {
-        return super::super::respond::ok(&json!({ "namespace": namespace, "changes": changes }));
+        let name = deploy_name();
+        let txn = transaction(&namespace, &name, &config, &diff, &changes, &stored, store);
+        let applied = match store.propose(txn).await {
+            Ok(applied) => applied,
+            Err(StoreError::Conflict { .. }) if attempt < CONFLICT_ATTEMPTS => continue,
+            Err(err) => return store_error(&err),
+        };
+        let key = Key {
+            resource: DEPLOYS.to_string(),
+            namespace: Some(namespace),
+            name,
+        };
+        return stream(store.clone(), key, applied.rv);
     }
-    let name = deploy_name();
-    let txn = transaction(&namespace, &name, &config, &diff, &changes, &stored, store);
-    let applied = match store.propose(txn).await {
-        Ok(applied) => applied,
-        Err(err) => return store_error(&err),
-    };
-    let key = Key {
-        resource: DEPLOYS.to_string(),
-        namespace: Some(namespace),
-        name,
-    };
-    stream(store.clone(), key, applied.rv)
 }
+
+/// How often a deploy is re-planned when its txn meets a concurrent write.
+const CONFLICT_ATTEMPTS: u32 = 10;
 
 /// What validation needs to know, read from this node's (barrier-fresh) replica.
 fn snapshot(store: &Store, namespace: &str) -> ClusterSnapshot {
