@@ -12,7 +12,10 @@
 //! - **Backends**: the fewest requests in flight through this node first, ties taken in
 //!   turn. Each request holds its backend's [`Load`](super::table::Load) from before the
 //!   connect until the response body ends (or the WebSocket tunnel closes), so drain waits
-//!   for streaming bodies too. A backend that leaves the table keeps what is in flight:
+//!   for streaming bodies too; the count starts before the backend is checked against the
+//!   newest table, so the barrier's in-flight answer cannot miss a request that picked a
+//!   backend from an older one (which then moves on). A backend that leaves the table
+//!   keeps what is in flight:
 //!   the request holds its own `Arc<Load>` and connection, nothing is cut.
 //! - **Retries**: a failed connect (refused, reset, timed out: nothing was sent) moves on
 //!   to the next backend, up to [`MAX_ATTEMPTS`] backends. Any other failure before a
@@ -387,6 +390,16 @@ impl Proxy {
         fresh
     }
 
+    /// Whether `backend` is still a backend of `service` in the newest table.
+    fn listed(&self, service: &ServiceRoutes, backend: &Backend) -> bool {
+        let table = self.routing.load();
+        table.services.get(&service.name).is_some_and(|s| {
+            s.backends
+                .iter()
+                .any(|b| Arc::ptr_eq(&b.load, &backend.load))
+        })
+    }
+
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let began = Instant::now();
         let raw_host = req
@@ -484,6 +497,14 @@ impl Proxy {
             tried.push(i);
             let backend = &backends[i];
             let in_flight = backend.load.start();
+            // Counted first, then checked against the newest table: a backend that left it
+            // meanwhile gets nothing new, and one still listed is counted before any
+            // barrier answer that could let its drain end.
+            if !self.listed(service, backend) {
+                drop(in_flight);
+                last_error = format!("{} left the routing table", backend.alloc.name);
+                continue;
+            }
             let uri: Uri = match format!("http://{}{path}", backend.address).parse() {
                 Ok(uri) => uri,
                 Err(err) => {
