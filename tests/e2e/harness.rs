@@ -5,11 +5,12 @@
 
 use super::hosts::{Host, Network};
 use super::support::containerd::Containerd;
+use super::support::registry::Registry;
 use super::support::{eventually, images};
 use kube::api::{Api, ListParams};
 use mill_crds::{Alloc, AllocPhase, Deploy, Node as NodeObject, NodeState, Service};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -167,75 +168,6 @@ impl Drop for Node {
     }
 }
 
-/// Debian's docker-registry listening on the bridge's address, so every host reaches it.
-pub struct Registry {
-    /// `GATEWAY:PORT`.
-    pub host: String,
-    _dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl Registry {
-    fn start(ip: &str) -> Registry {
-        super::support::require(&["docker-registry", "skopeo"]);
-        let dir = tempfile::tempdir().unwrap();
-        let host = format!("{ip}:5000");
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
-            dir.path().join("storage").display()
-        );
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry starts");
-        let registry = Registry {
-            host,
-            _dir: dir,
-            child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&registry.host).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on {} within 30s",
-                registry.host
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        registry
-    }
-
-    /// Pushes an OCI archive as `GATEWAY:PORT/<repo_tag>`; returns that reference.
-    pub fn push(&self, archive: &Path, repo_tag: &str) -> String {
-        let reference = format!("{}/{repo_tag}", self.host);
-        let out = Command::new("skopeo")
-            .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
-            .arg(format!("oci-archive:{}", archive.display()))
-            .arg(format!("docker://{reference}"))
-            .output()
-            .expect("skopeo runs");
-        assert!(
-            out.status.success(),
-            "skopeo copy to {reference} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        reference
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
 /// The images every cluster has in its registry.
 pub struct Images {
     /// busybox httpd on `$PORT` with `/health` (tags v1, v2, v3: same content).
@@ -328,7 +260,8 @@ impl Cluster {
         super::support::require(&["nsenter", "ip"]);
         let mut net = Network::new();
         let ctd = Containerd::start();
-        let registry = Registry::start(&net.gateway);
+        // On the bridge's address, so every host reaches it.
+        let registry = Registry::start_at(format!("{}:5000", net.gateway));
         let archive = |def: images::ImageDef| images::build(&def, ctd.dir.path());
         let web = archive(images::httpd("mill.test/web:1"));
         let images = Images {

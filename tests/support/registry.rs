@@ -10,19 +10,23 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A running registry.
 pub struct Registry {
-    /// `127.0.0.1:PORT`.
+    /// `IP:PORT`.
     pub host: String,
     dir: tempfile::TempDir,
     child: Child,
 }
 
 impl Registry {
-    /// Starts one and waits until `/v2/` answers.
+    /// Starts one on a free loopback port and waits until it listens.
     pub fn start() -> Registry {
+        Registry::start_at(format!("127.0.0.1:{}", super::free_port()))
+    }
+
+    /// Starts one listening on `host` (`IP:PORT`, e.g. a test bridge's address) and waits
+    /// until it listens.
+    pub fn start_at(host: String) -> Registry {
         super::require(&["docker-registry", "skopeo"]);
         let dir = tempfile::tempdir().unwrap();
-        let port = super::free_port();
-        let host = format!("127.0.0.1:{port}");
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
             dir.path().join("storage").display()
@@ -54,7 +58,7 @@ impl Registry {
         registry
     }
 
-    /// Pushes an OCI archive as `127.0.0.1:PORT/<repo_tag>`; returns that reference.
+    /// Pushes an OCI archive as `IP:PORT/<repo_tag>`; returns that reference.
     pub fn push(&self, archive: &Path, repo_tag: &str) -> String {
         let reference = format!("{}/{repo_tag}", self.host);
         let out = Command::new("skopeo")
