@@ -9,8 +9,8 @@ mod support;
 use kube::api::{Api, ListParams};
 use mill_crds::{Alloc, Service};
 use serde_json::{json, Value};
-use std::process::Output;
 use std::time::Duration;
+use support::cli::{mill, text};
 use support::containerd::Containerd;
 use support::eventually;
 use support::images;
@@ -70,28 +70,6 @@ async fn node(ctd: &Containerd) -> MillNode {
     let archive = images::build(&images::httpd(IMAGE), ctd.dir.path());
     node.load_image(&archive);
     node
-}
-
-/// Runs the CLI; a run that outlives [`WITHIN`] is killed and fails the test.
-async fn mill(address: &str, args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mill"));
-    command
-        .args(["--address", address, "--token", TOKEN])
-        .args(args)
-        .env_remove("MILL_ADDRESS")
-        .env_remove("MILL_TOKEN")
-        .kill_on_drop(true);
-    tokio::time::timeout(WITHIN, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("mill {args:?} did not finish within {WITHIN:?}"))
-        .unwrap()
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Runs the CLI and asserts it succeeded; its stdout.

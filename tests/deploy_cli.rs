@@ -7,14 +7,13 @@ mod support;
 
 use kube::api::{Api, ListParams};
 use mill_crds::{Alloc, AllocPhase, Deploy, Service};
-use std::process::Output;
 use std::time::Duration;
+use support::cli::{mill, text};
 use support::containerd::Containerd;
 use support::eventually;
 use support::images;
-use support::node::{MillNode, TOKEN};
+use support::node::MillNode;
 use support::registry::Registry;
-use tokio::process::Command;
 
 /// Generous bound for anything container-related on a loaded 2-core CI machine.
 const WITHIN: Duration = Duration::from_secs(90);
@@ -42,28 +41,6 @@ fn hello_saying(image: &str, replicas: u32, greeting: &str) -> String {
   }}
 }}
 "#
-    )
-}
-
-/// Runs the CLI; a run that outlives [`WITHIN`] is killed and fails the test.
-async fn mill(address: &str, args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mill"));
-    command
-        .args(["--address", address, "--token", TOKEN])
-        .args(args)
-        .env_remove("MILL_ADDRESS")
-        .env_remove("MILL_TOKEN")
-        .kill_on_drop(true);
-    tokio::time::timeout(WITHIN, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("mill {args:?} did not finish within {WITHIN:?}"))
-        .unwrap()
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 

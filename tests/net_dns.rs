@@ -13,14 +13,13 @@ use kube::api::{Api, ListParams};
 use mill_crds::{Alloc, AllocPhase, Service};
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Output;
 use std::time::Duration;
+use support::cli::mill;
 use support::containerd::Containerd;
 use support::eventually;
 use support::images;
-use support::node::{MillNode, TOKEN};
+use support::node::MillNode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 
 /// Generous bound for anything container-related on a loaded 2-core CI machine.
 const WITHIN: Duration = Duration::from_secs(120);
@@ -49,20 +48,6 @@ fn web(image: &str, replicas: u32, greeting: &str) -> String {
 }}
 "#
     )
-}
-
-async fn mill(address: &str, args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mill"));
-    command
-        .args(["--address", address, "--token", TOKEN])
-        .args(args)
-        .env_remove("MILL_ADDRESS")
-        .env_remove("MILL_TOKEN")
-        .kill_on_drop(true);
-    tokio::time::timeout(WITHIN, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("mill {args:?} did not finish within {WITHIN:?}"))
-        .unwrap()
 }
 
 async fn deploy(node: &MillNode, file: &std::path::Path, text: &str) {

@@ -19,17 +19,16 @@ use kube::api::{Api, ListParams};
 use mill_crds::{Alloc, AllocPhase};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::cli::mill;
 use support::containerd::Containerd;
 use support::eventually;
 use support::images;
 use support::node::{MillNode, TOKEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 
 /// Generous bound for anything container-related on a loaded 2-core CI machine.
 const WITHIN: Duration = Duration::from_secs(120);
@@ -39,20 +38,6 @@ const IMAGE: &str = "mill.test/httpd:1";
 fn dns_addr() -> SocketAddr {
     let n = support::free_port();
     SocketAddr::from(([127, 53, (n >> 8) as u8, (n & 0xff) as u8 | 1], 53))
-}
-
-async fn mill(address: &str, args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mill"));
-    command
-        .args(["--address", address, "--token", TOKEN])
-        .args(args)
-        .env_remove("MILL_ADDRESS")
-        .env_remove("MILL_TOKEN")
-        .kill_on_drop(true);
-    tokio::time::timeout(WITHIN * 2, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("mill {args:?} did not finish within {:?}", WITHIN * 2))
-        .unwrap()
 }
 
 /// A node and its proxy's address.

@@ -10,6 +10,7 @@
 
 #![allow(dead_code)] // Each test crate uses a different part of the harness.
 
+pub mod cli;
 pub mod containerd;
 pub mod images;
 pub mod node;
