@@ -6,7 +6,8 @@
 //!   and this node's Raft term, commit and applied index;
 //! - figures counted in this process: the controllers' plans and failed writes (a
 //!   [`mill_controllers::metrics::Metrics`] the daemon hands the controllers' loop), the
-//!   latency of API writes (propose → applied, as a client sees it), the ingress proxy's
+//!   latency of API writes (propose → applied, as a client sees it), of the store's entries
+//!   this node proposed as the leader (`mill_store_apply_seconds`), the ingress proxy's
 //!   `mill_proxy_*` (fed by `net::proxy`), and the families the agent's usage sampling will
 //!   feed (`mill_alloc_cpu_usage`, `mill_alloc_memory_bytes`, `mill_tasks_duration_seconds`):
 //!   registered now, empty until those components exist.
@@ -120,6 +121,11 @@ impl Metrics {
             "api_write_duration_seconds",
             "API writes from request to the store's answer (propose, commit, apply), by verb",
             self.api_writes.clone(),
+        );
+        registry.register(
+            "store_apply_seconds",
+            "Store entries this node proposed as the leader, from proposal to applied here",
+            store.apply_latency(),
         );
         registry.register_collector(Box::new(Scrape {
             store: store.clone(),

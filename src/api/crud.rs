@@ -30,6 +30,12 @@ const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// How often a patch is retried when the object changes under it.
 const PATCH_ATTEMPTS: usize = 5;
 
+/// How often an update without a resourceVersion (unconditional: Kubernetes retries it
+/// until it applies) is retried when the object changes under it. Each round of
+/// contending writers lets at least one of them through, so this bounds only a pathological
+/// pile-up.
+const UNCONDITIONAL_ATTEMPTS: usize = 32;
+
 /// The one handler behind `/api/...` and `/apis/...`.
 pub async fn serve(
     State(state): State<Arc<ApiState>>,
@@ -648,9 +654,45 @@ impl<'a> Req<'a> {
         let mut obj = request::parse_object(content_type, body)?;
         self.check_name(&obj, name)?;
         objects::metadata_mut(&mut obj).insert("name".into(), json!(name));
-        let existing = self.latest(name).await?;
         let expected = rv_of(&obj).map_err(ApiError::bad_request)?;
-        self.replace(name, obj, &existing, expected).await
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // The store applies an update only if the object still has the rv it was
+            // based on (a compare-and-swap at apply time), so the local replica serves as
+            // the base whenever it holds a version the write may build on: the one the
+            // client named, or, without one, whatever is here. If the leader has moved
+            // on, the swap fails and nothing is written. Only a base that cannot be
+            // right (missing here, or not the version the client named), a retry and a dry
+            // run (which proposes nothing) cost a read barrier first, so their answer is
+            // decided on the leader's latest state.
+            let local = match self.state.store.get(&self.object_key(name)) {
+                Some(local)
+                    if attempt == 1
+                        && !self.params.dry_run()
+                        && expected.is_none_or(|rv| rv_of(&local).ok().flatten() == Some(rv)) =>
+                {
+                    Some((*local).clone())
+                }
+                _ => None,
+            };
+            let existing = match local {
+                Some(local) => local,
+                None => self.latest(name).await?,
+            };
+            match self.replace(name, obj.clone(), &existing, expected).await {
+                // Without a resourceVersion an update is unconditional (Kubernetes retries
+                // it on the latest object); with one, a conflict is the answer.
+                Err(err)
+                    if err.reason == "Conflict"
+                        && expected.is_none()
+                        && attempt < UNCONDITIONAL_ATTEMPTS =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Writes `obj` over `existing` (the main resource or, on `/status`, only status),

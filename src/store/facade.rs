@@ -269,6 +269,12 @@ impl Store {
         }
     }
 
+    /// How long this node's entries took from proposal to applied (as the leader; a
+    /// follower forwards its writes, so the leader counts them).
+    pub fn apply_latency(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.inner.proposer.apply_latency()
+    }
+
     /// The node-to-node routes (`/internal/raft/*`: append, vote, snapshot, propose,
     /// read-index, membership), guarded by the cluster token. The API server merges them.
     pub fn router(&self) -> axum::Router {

@@ -10,9 +10,10 @@
 //! and its own resourceVersion ([`super::consensus::txn_rv`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::consensus::{Batch, Raft, TXNS_PER_ENTRY};
@@ -39,14 +40,22 @@ struct Pending {
 /// The handle of the proposer task of one node; the task ends when the handle is dropped.
 pub(crate) struct Proposer {
     queue: mpsc::UnboundedSender<Pending>,
+    applied: Histogram,
 }
 
 impl Proposer {
     /// Starts the proposer task of `raft`.
     pub fn spawn(raft: Raft) -> Proposer {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
-        Proposer { queue }
+        // 100 µs .. ~3.3 s.
+        let applied = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        tokio::spawn(run(raft, rx, applied.clone()));
+        Proposer { queue, applied }
+    }
+
+    /// Seconds from handing an entry to Raft until it was applied here, one per entry.
+    pub fn apply_latency(&self) -> Histogram {
+        self.applied.clone()
     }
 
     /// Commits `txn` in the next batch; this node should be the leader.
@@ -69,7 +78,7 @@ impl Proposer {
 }
 
 /// Takes batches off the queue while a slot is free, each committed by its own task.
-async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
+async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>, applied: Histogram) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut carried: Option<Pending> = None;
     loop {
@@ -94,16 +103,20 @@ async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
             bytes += next.bytes;
             batch.push(next);
         }
-        tokio::spawn(commit(raft.clone(), batch, slot));
+        tokio::spawn(commit(raft.clone(), batch, slot, applied.clone()));
     }
 }
 
 /// Proposes `batch` as one entry and answers each transaction; frees `slot` when done.
-async fn commit(raft: Raft, batch: Vec<Pending>, slot: OwnedSemaphorePermit) {
+async fn commit(raft: Raft, batch: Vec<Pending>, slot: OwnedSemaphorePermit, applied: Histogram) {
     let (txns, replies): (Vec<Txn>, Vec<_>) = batch.into_iter().map(|p| (p.txn, p.reply)).unzip();
     let count = txns.len();
+    let proposed = Instant::now();
     let written = raft.client_write(Batch { txns }).await;
     drop(slot);
+    if written.is_ok() {
+        applied.observe(proposed.elapsed().as_secs_f64());
+    }
     let outcomes: Vec<Attempt<Applied>> = match written {
         Ok(response) if response.data.0.len() == count => response
             .data

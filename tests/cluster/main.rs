@@ -4,7 +4,7 @@
 mod harness;
 mod linearizability;
 
-use harness::{eventually, Cluster, ELECTION_TIMEOUT, TOKEN};
+use harness::{eventually, task, Cluster, ELECTION_TIMEOUT, TOKEN};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -233,6 +233,56 @@ async fn concurrent_conflicting_updates_let_exactly_one_win() {
         }
     }
     assert_eq!(winners, 1, "exactly one conflicting update must win");
+}
+
+/// Updates without a resourceVersion are unconditional (Kubernetes retries them on the
+/// latest object): concurrent ones through every node all apply, none answers 409, and the
+/// object ends with one of their values, the same on every node. Their base is each
+/// node's local replica (no read barrier), so this also covers a stale base being caught
+/// by the store's compare-and-swap and retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_updates_without_resource_version_all_apply() {
+    let cluster = Cluster::start(3, &[]).await;
+    let resp = cluster.put_task(0, "shared", "img:0", None).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let url = |n: usize| cluster.nodes[n].url("/apis/mill.dev/v1/namespaces/default/tasks/shared");
+    let writers = (0..12).map(|n| {
+        let request = cluster
+            .http
+            .put(url(n % 3))
+            .bearer_auth(TOKEN)
+            .json(&task("shared", &format!("img:{}", n + 1)));
+        async move { request.send().await.unwrap() }
+    });
+    let mut written = Vec::new();
+    for resp in futures::future::join_all(writers).await {
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(status, 200, "an unconditional update failed: {body}");
+        written.push(body["spec"]["image"].as_str().unwrap().to_string());
+    }
+    let mut finals = Vec::new();
+    for n in 0..3 {
+        let got: Value = cluster
+            .http
+            .get(url(n))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        finals.push(got["spec"]["image"].as_str().unwrap().to_string());
+    }
+    assert!(
+        finals.iter().all(|f| f == &finals[0]),
+        "nodes disagree: {finals:?}"
+    );
+    assert!(
+        written.contains(&finals[0]),
+        "{finals:?} is none of {written:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
