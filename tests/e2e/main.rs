@@ -12,3 +12,4 @@ mod harness;
 mod hosts;
 mod nodes;
 mod tasks;
+mod zero_downtime;
