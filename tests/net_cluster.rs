@@ -194,17 +194,16 @@ fn targets(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| format!("{n}.mill.")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_node_routes_a_change_also_one_that_caught_up_by_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
+/// Three nodes (one `init`, two `join`) with data and logs under `dir`.
+async fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
     let n = free_port();
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..3u8 {
         let api = format!("127.0.0.1:{}", free_port());
         let node = Node {
-            data_dir: dir.path().join(format!("node-{i}")),
+            data_dir: dir.join(format!("node-{i}")),
             dns: SocketAddr::from(([127, 54, (n >> 8) as u8, (n as u8 & 0xf0) | (i + 1)], 53)),
-            log: dir.path().join(format!("node-{i}.log")),
+            log: dir.join(format!("node-{i}.log")),
             join: (i > 0).then(|| nodes[0].api.clone()),
             api,
             child: None,
@@ -212,6 +211,13 @@ async fn every_node_routes_a_change_also_one_that_caught_up_by_snapshot() {
         nodes.push(node);
         nodes.last_mut().unwrap().start().await;
     }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_routes_a_change_also_one_that_caught_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path()).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -281,4 +287,110 @@ async fn every_node_routes_a_change_also_one_that_caught_up_by_snapshot() {
         lagger.log_text().contains("installed a snapshot"),
         "the restarted node caught up by log, not by snapshot: the test proves nothing"
     );
+}
+
+/// Waits (long-polling) until `node`'s routing barrier says `revision` is applied.
+async fn barrier_reached(http: &reqwest::Client, node: &Node, revision: u64) {
+    eventually(
+        WITHIN,
+        &format!("{}'s barrier to apply {revision}", node.api),
+        || async {
+            applied(http, node, revision)
+                .await
+                .filter(|a| *a >= revision)
+        },
+    )
+    .await;
+}
+
+/// Once a node's barrier says a revision is applied, its DNS already answers it: asked
+/// once right after the barrier, never polled. On all three nodes, for a run of routing
+/// changes, and again on the node that was down and caught up by installing a snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_barrier_applied_a_change_answers_it_in_dns_also_after_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path()).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let services = nodes[0].url("/apis/mill.dev/v1/namespaces/default/services");
+    let service = json!({
+        "apiVersion": "mill.dev/v1", "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"image": "busybox", "port": 8080},
+    });
+    send(http.post(&services), &service).await;
+    let allocs = nodes[0].url("/apis/mill.dev/v1/namespaces/default/allocs");
+    let drain = |name: String| {
+        let request = http
+            .patch(format!("{allocs}/{name}"))
+            .header("content-type", "application/merge-patch+json");
+        async move { rv(&send(request, &json!({"spec": {"draining": true}})).await) }
+    };
+    // Each change through a different node (writes on followers are forwarded).
+    let mut routed: Vec<String> = Vec::new();
+    for i in 1..=6u16 {
+        let via = &nodes[usize::from(i) % 3];
+        let name = format!("web-1-{i}");
+        let mut change = alloc(&http, via, &name, 20_000 + i).await;
+        routed.push(name);
+        if i % 2 == 0 {
+            // Every other change also takes the oldest alloc out of routing.
+            change = drain(routed.remove(0)).await;
+        }
+        let names: Vec<&str> = routed.iter().map(String::as_str).collect();
+        for node in &nodes {
+            barrier_reached(&http, node, change).await;
+            assert_eq!(
+                srv(node.dns).await,
+                targets(&names),
+                "{} applied {change} but its DNS does not answer it",
+                node.api
+            );
+        }
+    }
+
+    // Node 3 misses a change and catches up past two snapshots' worth of log.
+    nodes[2].kill();
+    alloc(&http, &nodes[0], "web-1-7", 20_007).await;
+    routed.push("web-1-7".into());
+    let change = drain(routed.remove(0)).await;
+    let tasks = nodes[0].url("/apis/mill.dev/v1/namespaces/default/tasks");
+    let mut last = change;
+    for i in 0..120 {
+        let task = json!({
+            "apiVersion": "mill.dev/v1", "kind": "Task",
+            "metadata": {"name": format!("filler-{i}")},
+            "spec": {"image": "busybox"},
+        });
+        last = rv(&send(http.post(&tasks), &task).await);
+    }
+    nodes[2].start().await;
+    let names: Vec<&str> = routed.iter().map(String::as_str).collect();
+    for node in &nodes {
+        barrier_reached(&http, node, last).await;
+        assert_eq!(
+            srv(node.dns).await,
+            targets(&names),
+            "{} applied {last} (after {change}) but its DNS does not answer it",
+            node.api
+        );
+    }
+    assert!(
+        nodes[2].log_text().contains("installed a snapshot"),
+        "the restarted node caught up by log, not by snapshot: the test proves nothing"
+    );
+    // ...and it keeps following changes after the install.
+    let change = drain(routed.remove(0)).await;
+    let names: Vec<&str> = routed.iter().map(String::as_str).collect();
+    for node in &nodes {
+        barrier_reached(&http, node, change).await;
+        assert_eq!(
+            srv(node.dns).await,
+            targets(&names),
+            "{} applied {change} but its DNS does not answer it",
+            node.api
+        );
+    }
 }
