@@ -1,7 +1,9 @@
 //! Raft's log, vote and committed/purged ids in sled (`RaftLogStorage`).
 //!
 //! Entries live in the tree `raft_log` keyed by big-endian index (so sled's order is log
-//! order), as JSON. Votes are flushed before `save_vote` returns. `append` writes the batch to
+//! order), as JSON. The most recently appended entries are also kept decoded in memory
+//! ([`Recent`]): the replication to each follower and the apply read back exactly what was
+//! just appended, and serve it from there instead of decoding it from sled again. Votes are flushed before `save_vote` returns. `append` writes the batch to
 //! sled and hands openraft's callback to one flusher task, which flushes once for every
 //! callback queued meanwhile and then completes them in order. (openraft 0.9's core awaits
 //! each append's callback before it takes the next request, so in practice one callback is
@@ -13,11 +15,13 @@
 // openraft's traits return its `StorageError` (large); helpers return it too, unboxed.
 #![allow(clippy::result_large_err)]
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -45,7 +49,82 @@ pub(crate) struct LogStore {
     committed: Arc<AtomicU64>,
     /// Appends waiting for the next flush (see the module doc).
     flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    /// The newest entries, decoded (see the module doc).
+    recent: Arc<Mutex<Recent>>,
     _user: DbUser,
+}
+
+/// How many of the newest entries [`Recent`] keeps at most, and how many bytes of their
+/// JSON: enough for replication and apply to find what they read right after the append,
+/// also while a follower is a few hundred entries behind.
+const RECENT_ENTRIES: usize = 1024;
+const RECENT_BYTES: usize = 32 * 1024 * 1024;
+
+/// A contiguous run of the newest log entries, `first` being the index of the front one.
+/// It mirrors the tail of the sled tree: appends extend it (or restart it when they do not
+/// follow on), truncation and purging cut it like the tree.
+#[derive(Default)]
+struct Recent {
+    first: u64,
+    /// Each entry with the length of its JSON in sled.
+    entries: VecDeque<(Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, entry: Entry<TypeConfig>, bytes: usize) {
+        let index = entry.log_id.index;
+        if self.entries.is_empty() || index != self.first + self.entries.len() as u64 {
+            self.entries.clear();
+            self.bytes = 0;
+            self.first = index;
+        }
+        self.entries.push_back((entry, bytes));
+        self.bytes += bytes;
+        while self.entries.len() > RECENT_ENTRIES
+            || (self.bytes > RECENT_BYTES && self.entries.len() > 1)
+        {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, bytes)) = self.entries.pop_front() {
+            self.bytes -= bytes;
+            self.first += 1;
+        }
+    }
+
+    /// Drops the entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        while self.entries.len() as u64 > index.saturating_sub(self.first) {
+            if let Some((_, bytes)) = self.entries.pop_back() {
+                self.bytes -= bytes;
+            }
+        }
+    }
+
+    /// Drops the entries up to and including `index`.
+    fn purge(&mut self, index: u64) {
+        while !self.entries.is_empty() && self.first <= index {
+            self.pop_front();
+        }
+    }
+
+    /// The entries `start..end` if all of them are here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry<TypeConfig>>> {
+        if start < self.first || end > self.first + self.entries.len() as u64 {
+            return None;
+        }
+        let from = (start - self.first) as usize;
+        let to = (end.max(start) - self.first) as usize;
+        Some(
+            self.entries
+                .range(from..to)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
 }
 
 /// The group-commit task: one `flush_async` per burst of appends, callbacks in order. It
@@ -81,6 +160,7 @@ impl LogStore {
             meta: db.open_tree("raft_meta").map_err(internal)?,
             committed: Arc::new(AtomicU64::new(0)),
             flusher: spawn_flusher(db.clone(), user.clone()),
+            recent: Arc::default(),
             _user: user,
         };
         let committed: Option<LogId<u64>> = read_json(&store.meta, COMMITTED).map_err(internal)?;
@@ -121,6 +201,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let first = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i.saturating_add(1)),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        if let Some(end) = end {
+            if let Some(entries) = self.recent.lock().get(first, end) {
+                return Ok(entries);
+            }
+        }
         let start = match range.start_bound() {
             Bound::Included(i) => Bound::Included(index_key(*i)),
             Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
@@ -195,12 +290,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.insert(&index_key(entry.log_id.index), to_json(&entry)?);
+            let json = to_json(&entry)?;
+            batch.insert(&index_key(entry.log_id.index), json.as_slice());
+            appended.push((entry, json.len()));
         }
         self.log
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        {
+            let mut recent = self.recent.lock();
+            for (entry, bytes) in appended {
+                recent.push(entry, bytes);
+            }
+        }
         if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback) {
             // The flusher only ends with the last LogStore, so this is shutdown: flush here.
             let flushed = self.db.flush_async().await.map(|_| ());
@@ -211,11 +315,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
         tracing::debug!(%log_id, "truncating the raft log");
+        self.recent.lock().truncate(log_id.index);
         remove_range(&self.log, (Bound::Included(log_id.index), Bound::Unbounded))
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
         tracing::debug!(%log_id, "purging the raft log");
+        self.recent.lock().purge(log_id.index);
         self.meta
             .insert(LAST_PURGED, to_json(&log_id)?)
             .map_err(|e| StorageIOError::write(&e))?;
@@ -241,10 +347,11 @@ fn remove_range(log: &sled::Tree, range: (Bound<u64>, Bound<u64>)) -> StorageRes
 
 #[cfg(test)]
 mod tests {
+    use openraft::entry::RaftEntry;
     use openraft::testing::{StoreBuilder, Suite};
-    use openraft::StorageError;
+    use openraft::{Entry, LogId, StorageError};
 
-    use super::LogStore;
+    use super::{LogStore, Recent, RECENT_ENTRIES};
     use crate::store::consensus::TypeConfig;
     use crate::store::db::Database;
     use crate::store::state_machine::StateMachine;
@@ -280,5 +387,55 @@ mod tests {
     #[test]
     fn sled_log_and_state_machine_pass_the_openraft_storage_suite() {
         Suite::test_all(SledStores).unwrap();
+    }
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry::new_blank(LogId::new(openraft::CommittedLeaderId::new(1, 0), index))
+    }
+
+    fn indexes(entries: Option<Vec<Entry<TypeConfig>>>) -> Option<Vec<u64>> {
+        entries.map(|e| e.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn recent_entries_mirror_the_tail_of_the_log() {
+        let mut recent = Recent::default();
+        for i in 5..10 {
+            recent.push(entry(i), 10);
+        }
+        assert_eq!(indexes(recent.get(6, 9)), Some(vec![6, 7, 8]));
+        assert_eq!(indexes(recent.get(9, 9)), Some(vec![]));
+        assert_eq!(recent.get(4, 7).map(|e| e.len()), None, "5 and on only");
+        assert_eq!(recent.get(8, 11).map(|e| e.len()), None, "up to 9 only");
+        recent.truncate(8);
+        assert_eq!(indexes(recent.get(5, 8)), Some(vec![5, 6, 7]));
+        assert!(recent.get(5, 9).is_none(), "8 is gone");
+        recent.push(entry(8), 10);
+        assert_eq!(indexes(recent.get(7, 9)), Some(vec![7, 8]));
+        recent.purge(6);
+        assert!(recent.get(6, 8).is_none());
+        assert_eq!(indexes(recent.get(7, 9)), Some(vec![7, 8]));
+        assert_eq!(recent.bytes, 20);
+        // An append that does not follow on (a snapshot moved the log) starts over.
+        recent.push(entry(20), 10);
+        assert!(recent.get(8, 9).is_none());
+        assert_eq!(indexes(recent.get(20, 21)), Some(vec![20]));
+        assert_eq!(recent.bytes, 10);
+    }
+
+    #[test]
+    fn recent_entries_stay_within_their_bounds() {
+        let mut recent = Recent::default();
+        for i in 1..=(RECENT_ENTRIES as u64 + 10) {
+            recent.push(entry(i), 1);
+        }
+        assert_eq!(recent.entries.len(), RECENT_ENTRIES);
+        assert_eq!(recent.first, 11);
+        recent.push(entry(RECENT_ENTRIES as u64 + 11), super::RECENT_BYTES);
+        assert_eq!(
+            recent.entries.len(),
+            1,
+            "one huge entry pushes the others out"
+        );
     }
 }

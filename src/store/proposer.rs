@@ -112,7 +112,7 @@ async fn commit(raft: Raft, batch: Vec<Pending>, slot: OwnedSemaphorePermit, app
     let (txns, replies): (Vec<Txn>, Vec<_>) = batch.into_iter().map(|p| (p.txn, p.reply)).unzip();
     let count = txns.len();
     let proposed = Instant::now();
-    let written = raft.client_write(Batch { txns }).await;
+    let written = raft.client_write(Batch { txns: txns.into() }).await;
     drop(slot);
     if written.is_ok() {
         applied.observe(proposed.elapsed().as_secs_f64());
