@@ -36,6 +36,9 @@ mod v1;
 mod validation;
 mod watch;
 
+/// Seals and unseals Secrets (the ingress reads its certificates' Secrets from the store).
+pub use secrets::SecretBox;
+
 use crate::store::{Key, Op, Store, StoreError, Txn};
 use axum::body::Body;
 use axum::extract::State;

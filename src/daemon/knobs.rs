@@ -35,8 +35,13 @@ pub struct Knobs {
     pub controllers: mill_controllers::Knobs,
     /// Networking: `MILL_DNS_FORWARD_TIMEOUT_MS` (2000), `MILL_VIP_CONNECT_TIMEOUT_MS`
     /// (2000), `MILL_ROUTING_POLL_MS` (10), `MILL_PROXY_CONNECT_TIMEOUT_MS` (2000),
-    /// `MILL_PROXY_RESPONSE_TIMEOUT_MS` (60000), `MILL_PROXY_IDLE_TIMEOUT_MS` (60000).
+    /// `MILL_PROXY_RESPONSE_TIMEOUT_MS` (60000), `MILL_PROXY_IDLE_TIMEOUT_MS` (60000);
+    /// ACME: `MILL_ACME_RENEW_BEFORE_SECS` (2592000), `MILL_ACME_POLL_MS` (10000),
+    /// `MILL_ACME_RETRY_MS` (60000), `MILL_ACME_ORDER_TIMEOUT_MS` (120000).
     pub net: crate::net::NetKnobs,
+    /// `MILL_ACME_CA_FILE` (unset): a PEM CA certificate the ACME client trusts for the
+    /// directory's HTTPS instead of the system roots (a test CA such as pebble's).
+    pub acme_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Knobs {
@@ -80,7 +85,19 @@ impl Knobs {
                     response_timeout: millis("MILL_PROXY_RESPONSE_TIMEOUT_MS", 60_000)?,
                     idle_timeout: millis("MILL_PROXY_IDLE_TIMEOUT_MS", 60_000)?,
                 },
+                acme: crate::net::acme::AcmeKnobs {
+                    renew_before: Duration::from_secs(var(
+                        "MILL_ACME_RENEW_BEFORE_SECS",
+                        30 * 86_400,
+                    )?),
+                    poll: millis("MILL_ACME_POLL_MS", 10_000)?,
+                    retry: millis("MILL_ACME_RETRY_MS", 60_000)?,
+                    order_timeout: millis("MILL_ACME_ORDER_TIMEOUT_MS", 120_000)?,
+                },
             },
+            acme_ca_file: std::env::var_os("MILL_ACME_CA_FILE")
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from),
         })
     }
 }

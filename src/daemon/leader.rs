@@ -66,3 +66,28 @@ pub(crate) fn follow(
         }
     })
 }
+
+/// Runs the task `start` makes while this node leads: started when it becomes leader,
+/// aborted when it stops being one, started again if it ended on its own. For leader-only
+/// work besides the controllers (the ingress's ACME orders).
+pub(crate) fn while_leader<F>(store: Store, poll: Duration, start: F) -> JoinHandle<()>
+where
+    F: Fn() -> JoinHandle<()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut running: Option<JoinHandle<()>> = None;
+        loop {
+            let leader = store.raft_info().role == Role::Leader;
+            match (&running, leader) {
+                (None, true) => running = Some(start()),
+                (Some(task), false) => {
+                    task.abort();
+                    running = None;
+                }
+                (Some(task), true) if task.is_finished() => running = None,
+                _ => {}
+            }
+            tokio::time::sleep(poll).await;
+        }
+    })
+}

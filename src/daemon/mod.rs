@@ -33,6 +33,16 @@ pub struct DaemonArgs {
     /// Where the ingress HTTP proxy listens [default: 0.0.0.0:80].
     #[arg(long, env = "MILL_HTTP_ADDR")]
     pub http_addr: Option<String>,
+    /// Where the ingress HTTPS proxy listens [default: 0.0.0.0:443].
+    #[arg(long, env = "MILL_HTTPS_ADDR")]
+    pub https_addr: Option<String>,
+    /// The ACME directory URL route hosts' certificates come from (any RFC 8555 server);
+    /// unset: the ingress serves self-signed certificates.
+    #[arg(long, env = "MILL_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// The ACME account's contact e-mail.
+    #[arg(long, env = "MILL_ACME_EMAIL")]
+    pub acme_email: Option<String>,
     /// This node's name [default: node-N in join order].
     #[arg(long, env = "MILL_NODE_NAME")]
     pub node_name: Option<String>,
@@ -213,6 +223,7 @@ impl RunningNode {
             metrics.controllers(),
             &identity.token,
         );
+        let _acme = start_acme(&store, &api, identity, knobs, args);
         let app = api
             .merge(join::router(store.clone(), identity))
             .merge(net.router)
@@ -287,6 +298,31 @@ async fn start_net(
         .await
         .context("pick a free --dns-addr (UDP and TCP) and --http-addr on this host")?;
     Ok((net, dns_addr.ip().to_string()))
+}
+
+/// Starts the leader-only ACME task when `--acme-directory` is given.
+fn start_acme(
+    store: &Store,
+    api: &axum::Router,
+    identity: &Identity,
+    knobs: &Knobs,
+    args: &DaemonArgs,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let Some(directory) = args.acme_directory.clone() else {
+        tracing::info!("no --acme-directory: the ingress serves self-signed certificates");
+        return None;
+    };
+    let config = crate::net::acme::AcmeConfig {
+        directory,
+        email: args.acme_email.clone(),
+        ca_file: knobs.acme_ca_file.clone(),
+        knobs: knobs.net.acme.clone(),
+    };
+    let client = crate::api::kube_client(api.clone(), &identity.token);
+    let poll = (knobs.election_timeout / 4).max(std::time::Duration::from_millis(1));
+    Some(leader::while_leader(store.clone(), poll, move || {
+        tokio::spawn(crate::net::acme::run(client.clone(), config.clone()))
+    }))
 }
 
 /// What the node's agent is told: the daemon's flags, identity and knobs.

@@ -11,13 +11,18 @@
 //! - [`vip`]: a TCP listener per service `VIP:port`, least outstanding connections.
 //! - [`proxy`]: the ingress HTTP proxy on `--http-addr` (Host + longest path prefix,
 //!   least in flight, retries on connect failure, WebSocket where a route allows it).
+//! - [`tls`]: the certificates the proxy serves on `--https-addr` (by SNI, from Secrets in
+//!   `mill-system`, a self-signed rcgen fallback per host) and the ACME HTTP-01 answers.
+//! - [`acme`]: the leader's task ordering and renewing route hosts' certificates.
 //! - [`barrier`]: `GET /internal/routing/applied`, the long-poll the controllers' routing
 //!   barrier asks every live node.
 
+pub mod acme;
 pub mod barrier;
 pub mod dns;
 pub mod proxy;
 pub mod table;
+pub mod tls;
 pub mod vip;
 
 use crate::store::Store;
@@ -36,6 +41,8 @@ pub struct NetKnobs {
     pub routing_poll: Duration,
     /// The ingress proxy's timeouts (`MILL_PROXY_*`).
     pub proxy: proxy::ProxyKnobs,
+    /// The leader's ACME timings (`MILL_ACME_*`).
+    pub acme: acme::AcmeKnobs,
 }
 
 /// What the daemon tells the node's networking.
