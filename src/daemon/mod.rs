@@ -271,6 +271,10 @@ async fn start_net(
     let http_addr: std::net::SocketAddr = http.parse().with_context(|| {
         format!("--http-addr {http:?} is not IP:PORT; give e.g. 0.0.0.0:80 or 127.0.0.1:8080")
     })?;
+    let https = args.https_addr.as_deref().unwrap_or("0.0.0.0:443");
+    let https_addr: std::net::SocketAddr = https.parse().with_context(|| {
+        format!("--https-addr {https:?} is not IP:PORT; give e.g. 0.0.0.0:443 or 127.0.0.1:8443")
+    })?;
     let text = args
         .dns_addr
         .clone()
@@ -290,13 +294,16 @@ async fn start_net(
         resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         http_addr,
         http_required: args.http_addr.is_some(),
+        https_addr,
+        https_required: args.https_addr.is_some(),
+        secret_key: identity.secret_key_bytes()?,
         metrics: Some(metrics.clone()),
         token: identity.token.clone(),
         knobs: knobs.net.clone(),
     };
-    let net = crate::net::start(store.clone(), config)
-        .await
-        .context("pick a free --dns-addr (UDP and TCP) and --http-addr on this host")?;
+    let net = crate::net::start(store.clone(), config).await.context(
+        "pick a free --dns-addr (UDP and TCP), --http-addr and --https-addr on this host",
+    )?;
     Ok((net, dns_addr.ip().to_string()))
 }
 

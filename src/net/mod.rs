@@ -61,6 +61,13 @@ pub struct NetConfig {
     /// Whether an HTTP address that cannot be served is an error (an explicit
     /// `--http-addr`) or only a warning (the default `0.0.0.0:80`).
     pub http_required: bool,
+    /// Where the ingress proxy serves HTTPS.
+    pub https_addr: SocketAddr,
+    /// Whether an HTTPS address that cannot be served is an error (an explicit
+    /// `--https-addr`) or only a warning (the default `0.0.0.0:443`).
+    pub https_required: bool,
+    /// The cluster's secret key: the certificates' Secrets are sealed with it.
+    pub secret_key: [u8; 32],
     /// The node's metrics, which the proxy counts in.
     pub metrics: Option<crate::metrics::Metrics>,
     /// The cluster token guarding the barrier route.
@@ -73,6 +80,8 @@ pub struct NetConfig {
 pub struct Net {
     /// The routing table's handle.
     pub routing: table::Routing,
+    /// The certificates and challenges the proxy serves.
+    pub tls: std::sync::Arc<tls::Tls>,
     /// The node RPC routes (the routing barrier), to merge into the API router.
     pub router: axum::Router,
 }
@@ -83,6 +92,14 @@ pub enum NetError {
     /// The DNS address is taken or not local.
     #[error("cannot serve DNS on {addr}: {source}")]
     Dns {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The ingress proxy's HTTPS address is taken or not local.
+    #[error("cannot serve the ingress proxy's HTTPS on {addr}: {source}")]
+    Https {
         /// The address.
         addr: SocketAddr,
         /// Why.
@@ -100,7 +117,7 @@ pub enum NetError {
 
 /// Starts the table, DNS (when configured), the VIP listeners and the ingress proxy.
 pub async fn start(store: Store, config: NetConfig) -> Result<Net, NetError> {
-    let routing = table::follow(store);
+    let routing = table::follow(store.clone());
     let addr = config.dns_addr;
     let dns = dns::DnsConfig {
         addr,
@@ -120,12 +137,15 @@ pub async fn start(store: Store, config: NetConfig) -> Result<Net, NetError> {
             connect_timeout: config.knobs.vip_connect_timeout,
         },
     );
+    let tls = tls::follow(store, crate::api::SecretBox::new(&config.secret_key));
     let http = proxy::ProxyConfig {
         addr: config.http_addr,
         knobs: config.knobs.proxy.clone(),
         metrics: config.metrics.clone(),
+        tls: Some(tls.clone()),
+        https: false,
     };
-    match proxy::serve(routing.clone(), http).await {
+    match proxy::serve(routing.clone(), http.clone()).await {
         Ok(_) => {}
         Err(source) if config.http_required => {
             return Err(NetError::Http {
@@ -138,6 +158,28 @@ pub async fn start(store: Store, config: NetConfig) -> Result<Net, NetError> {
             config.http_addr
         ),
     }
+    let https = proxy::ProxyConfig {
+        addr: config.https_addr,
+        https: true,
+        ..http
+    };
+    match proxy::serve(routing.clone(), https).await {
+        Ok(_) => {}
+        Err(source) if config.https_required => {
+            return Err(NetError::Https {
+                addr: config.https_addr,
+                source,
+            })
+        }
+        Err(err) => tracing::warn!(
+            "cannot serve the ingress proxy's HTTPS on {}: {err}; this node routes no HTTPS (pass --https-addr)",
+            config.https_addr
+        ),
+    }
     let router = barrier::router(routing.clone(), config.token, config.knobs.routing_poll);
-    Ok(Net { routing, router })
+    Ok(Net {
+        routing,
+        tls,
+        router,
+    })
 }

@@ -101,6 +101,11 @@ pub struct ProxyConfig {
     pub knobs: ProxyKnobs,
     /// The node's metrics, if it keeps any.
     pub metrics: Option<crate::metrics::Metrics>,
+    /// The node's certificates and ACME HTTP-01 answers (`net::tls`).
+    pub tls: Option<Arc<super::tls::Tls>>,
+    /// Whether this listener speaks TLS (`--https-addr`), with certificates by SNI from
+    /// `tls`; `X-Forwarded-Proto` says `https` then.
+    pub https: bool,
 }
 
 /// Binds `config.addr` and serves the proxy on it until the process ends; returns the
@@ -108,7 +113,7 @@ pub struct ProxyConfig {
 pub async fn serve(routing: Routing, config: ProxyConfig) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(config.addr).await?;
     let addr = listener.local_addr()?;
-    let proxy = Arc::new(Proxy::new(routing, &config));
+    let proxy = Arc::new(Proxy::new(routing, &config)?);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -116,7 +121,12 @@ pub async fn serve(routing: Routing, config: ProxyConfig) -> std::io::Result<Soc
         .header_read_timeout(config.knobs.idle_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    tracing::info!("ingress proxy listening on http://{addr}");
+    let scheme = if proxy.acceptor.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!("ingress proxy listening on {scheme}://{addr}");
     tokio::spawn(accept(listener, proxy, builder));
     Ok(addr)
 }
@@ -147,12 +157,31 @@ async fn connection(
     builder: ServerBuilder,
 ) {
     stream.set_nodelay(true).ok();
+    let acceptor = proxy.acceptor.clone();
     let service = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
     });
-    let io = TokioIo::new(stream);
-    if let Err(err) = builder.serve_connection_with_upgrades(io, service).await {
+    let served = match acceptor {
+        None => {
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+        }
+        // The HTTPS listener: the TLS handshake before HTTP.
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(tls) => {
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await
+            }
+            Err(err) => {
+                tracing::debug!("ingress proxy: TLS handshake with {peer}: {err}");
+                return;
+            }
+        },
+    };
+    if let Err(err) = served {
         tracing::debug!("ingress proxy: connection from {peer}: {err}");
     }
 }
@@ -165,6 +194,9 @@ struct Proxy {
     knobs: ProxyKnobs,
     metrics: Option<crate::metrics::Metrics>,
     turn: AtomicUsize,
+    tls: Option<Arc<super::tls::Tls>>,
+    /// Set on the HTTPS listener: the TLS handshake before HTTP.
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The routes of one table, by host.
@@ -357,7 +389,14 @@ fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
 }
 
 impl Proxy {
-    fn new(routing: Routing, config: &ProxyConfig) -> Proxy {
+    fn new(routing: Routing, config: &ProxyConfig) -> std::io::Result<Proxy> {
+        let acceptor = match (&config.tls, config.https) {
+            (Some(tls), true) => Some(tls.acceptor().map_err(std::io::Error::other)?),
+            (None, true) => {
+                return Err(std::io::Error::other("HTTPS needs the node's certificates"))
+            }
+            _ => None,
+        };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.knobs.connect_timeout));
@@ -368,14 +407,16 @@ impl Proxy {
             .set_host(false)
             .build(connector);
         let index = Index::build(routing.load(), config.metrics.as_ref());
-        Proxy {
+        Ok(Proxy {
             routing,
             index: ArcSwap::from_pointee(index),
             client,
             knobs: config.knobs.clone(),
             metrics: config.metrics.clone(),
             turn: AtomicUsize::new(0),
-        }
+            tls: config.tls.clone(),
+            acceptor,
+        })
     }
 
     /// The index of the current table, rebuilt if the table changed.
@@ -402,6 +443,19 @@ impl Proxy {
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let began = Instant::now();
+        if let Some(answer) = self
+            .tls
+            .as_ref()
+            .and_then(|t| t.challenge(req.uri().path()))
+        {
+            // ACME HTTP-01 (`net::tls`): answered for any Host, before routing.
+            let mut response = Response::new(ProxyBody::Full(Some(Bytes::from(answer))));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            return response;
+        }
         let raw_host = req
             .uri()
             .authority()
@@ -467,6 +521,12 @@ impl Proxy {
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut parts.headers);
         forwarded_headers(&mut parts.headers, peer, raw_host);
+        if self.acceptor.is_some() {
+            static PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+            parts
+                .headers
+                .insert(PROTO.clone(), HeaderValue::from_static("https"));
+        }
         if !parts.headers.contains_key(header::HOST) {
             if let Ok(value) = HeaderValue::from_str(raw_host) {
                 parts.headers.insert(header::HOST, value);
