@@ -1,16 +1,20 @@
 //! The node's Prometheus metrics (SPEC §8), served as text at `/metrics` and `/v1/metrics`.
 //!
-//! Two sources:
+//! Three sources:
 //! - figures read from the store at each scrape (the store is replicated, so every node
 //!   answers for the whole cluster): nodes' cpu and memory, allocs' restarts, tasks' runs,
 //!   and this node's Raft term, commit and applied index;
+//! - figures of this node's own containers, from its agent's [`mill_agent::usage::Meter`]:
+//!   `mill_alloc_cpu_usage` (cores) and `mill_alloc_memory_bytes` (working set) of the
+//!   allocs running here, only on the node that runs them (usage is not replicated: it
+//!   changes every few seconds, and every node's `/metrics` is scraped anyway), and
+//!   `mill_tasks_duration_seconds` of the task runs that ended here (each run ends on one
+//!   node, once, so summing over nodes counts every run once);
 //! - figures counted in this process: the controllers' plans and failed writes (a
 //!   [`mill_controllers::metrics::Metrics`] the daemon hands the controllers' loop), the
 //!   latency of API writes (propose → applied, as a client sees it), of the store's entries
-//!   this node proposed as the leader (`mill_store_apply_seconds`), the ingress proxy's
-//!   `mill_proxy_*` (fed by `net::proxy`), and the families the agent's usage sampling will
-//!   feed (`mill_alloc_cpu_usage`, `mill_alloc_memory_bytes`, `mill_tasks_duration_seconds`):
-//!   registered now, empty until those components exist.
+//!   this node proposed as the leader (`mill_store_apply_seconds`), and the ingress proxy's
+//!   `mill_proxy_*` (fed by `net::proxy`).
 
 use crate::store::{Role, Store};
 use mill_crds::{Alloc, Node, Task};
@@ -18,7 +22,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -42,8 +46,7 @@ pub struct Metrics {
     api_writes: Family<Labels, Histogram>,
     proxy_requests: Family<Labels, Counter>,
     proxy_latency: Family<Labels, Histogram>,
-    alloc_cpu: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    alloc_memory: Family<Labels, Gauge>,
+    meter: mill_agent::usage::Meter,
     task_duration: Family<Labels, Histogram>,
 }
 
@@ -53,20 +56,32 @@ fn latency_histogram() -> Histogram {
 }
 
 fn duration_histogram() -> Histogram {
-    // 1 s .. ~9 h.
-    Histogram::new(exponential_buckets(1.0, 2.0, 15))
+    // 100 ms .. ~3.6 h (a task's default timeout is 1 h).
+    Histogram::new(exponential_buckets(0.1, 2.0, 18))
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let task_duration: Family<Labels, Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        let meter = {
+            let task_duration = task_duration.clone();
+            mill_agent::usage::Meter::new(move |run| {
+                task_duration
+                    .get_or_create(&labels(&[
+                        ("namespace", &run.namespace),
+                        ("task", &run.task),
+                    ]))
+                    .observe(run.took.as_secs_f64());
+            })
+        };
         Metrics {
             controllers: mill_controllers::metrics::Metrics::default(),
             api_writes: Family::new_with_constructor(latency_histogram),
             proxy_requests: Family::default(),
             proxy_latency: Family::new_with_constructor(latency_histogram),
-            alloc_cpu: Family::default(),
-            alloc_memory: Family::default(),
-            task_duration: Family::new_with_constructor(duration_histogram),
+            meter,
+            task_duration,
         }
     }
 }
@@ -75,6 +90,11 @@ impl Metrics {
     /// The handle the controllers' loop counts in.
     pub fn controllers(&self) -> mill_controllers::metrics::Metrics {
         self.controllers.clone()
+    }
+
+    /// The handle this node's agent publishes usage and ended task runs on.
+    pub fn agent_meter(&self) -> mill_agent::usage::Meter {
+        self.meter.clone()
     }
 
     /// The families the ingress proxy counts in: requests and latency.
@@ -93,16 +113,6 @@ impl Metrics {
     pub fn encode(&self, store: &Store) -> Result<String, std::fmt::Error> {
         let mut registry = Registry::with_prefix("mill");
         registry.register(
-            "alloc_cpu_usage",
-            "CPU cores an alloc uses (fed once the agent samples usage)",
-            self.alloc_cpu.clone(),
-        );
-        registry.register(
-            "alloc_memory_bytes",
-            "Memory an alloc uses, in bytes (fed once the agent samples usage)",
-            self.alloc_memory.clone(),
-        );
-        registry.register(
             "proxy_requests",
             "Requests the ingress proxy answered on a route, by namespace, service, route and status class",
             self.proxy_requests.clone(),
@@ -114,7 +124,7 @@ impl Metrics {
         );
         registry.register(
             "tasks_duration_seconds",
-            "How long task runs took (fed once the agent reports finished runs)",
+            "How long the task runs that ended on this node took, start to end, by namespace and task",
             self.task_duration.clone(),
         );
         registry.register(
@@ -130,6 +140,7 @@ impl Metrics {
         registry.register_collector(Box::new(Scrape {
             store: store.clone(),
             controllers: self.controllers.clone(),
+            meter: self.meter.clone(),
         }));
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)?;
@@ -141,6 +152,7 @@ impl Metrics {
 struct Scrape {
     store: Store,
     controllers: mill_controllers::metrics::Metrics,
+    meter: mill_agent::usage::Meter,
 }
 
 impl std::fmt::Debug for Scrape {
@@ -262,6 +274,34 @@ impl Collector for Scrape {
             "In-place restarts of an alloc's container",
             MetricType::Counter,
             restarts.collect::<Vec<_>>(),
+        )?;
+        let usage = self.meter.samples();
+        let alloc_labels = |u: &mill_agent::usage::AllocUsage| {
+            labels(&[
+                ("namespace", &u.namespace),
+                ("service", &u.service),
+                ("alloc", &u.alloc),
+            ])
+        };
+        family(
+            &mut encoder,
+            "alloc_cpu_usage",
+            "CPU cores an alloc running on this node used over the agent's last sampling interval",
+            MetricType::Gauge,
+            usage
+                .iter()
+                .filter_map(|u| Some((alloc_labels(u), ConstGauge::new(u.cpu?))))
+                .collect::<Vec<_>>(),
+        )?;
+        family(
+            &mut encoder,
+            "alloc_memory_bytes",
+            "Working-set memory of an alloc running on this node, in bytes",
+            MetricType::Gauge,
+            usage
+                .iter()
+                .map(|u| (alloc_labels(u), ConstGauge::new(u.memory as i64)))
+                .collect::<Vec<_>>(),
         )?;
         let spawned = tasks.iter().map(|t| {
             let namespace = t.metadata.namespace.as_deref().unwrap_or_default();

@@ -2,8 +2,10 @@
 //! controllers, its agent on a private containerd, images from a local registry):
 //! `get` (tables, `-o json|yaml|name`, `-w`), the same allocs as the real kubectl through
 //! `mill kubeconfig`, `describe` with a rollout's history, `logs` (tail, `-f` on a running
-//! container, `--all`), `delete`, `status`, and `/metrics` passing `promtool check metrics`;
-//! a secret the service uses never shows in any output or in the daemon's log.
+//! container, `--all`), `delete`, `status`, and
+//! `/metrics`: the running container's usage (and none for the alloc the rollout stopped),
+//! a finished task run's duration, the store's apply latency, passing `promtool check
+//! metrics`; a secret the service uses never shows in any output or in the daemon's log.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -111,6 +113,49 @@ async fn read_until(
         seen.join("\n")
     );
     seen
+}
+
+/// The samples of metric `name` in an exposition: (the label text inside `{}`, value).
+fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(rest) => rest.rsplit_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            Some((labels.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Scrapes the node's `/metrics` until `wanted` holds (the agent samples usage every
+/// heartbeat interval); returns that exposition, or fails showing the last one.
+async fn metrics_until(node: &MillNode, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let answer = reqwest::Client::new()
+            .get(node.url("/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "/metrics: {}",
+            answer.status()
+        );
+        let text = answer.text().await.unwrap();
+        if wanted(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/metrics did not show {what} within {WITHIN:?}; the last scrape:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn names(text: &str) -> Vec<String> {
@@ -299,16 +344,79 @@ async fn cli_commands_against_a_live_cluster() {
         "{alloc}"
     );
 
+    // A task run that ends: its duration is observed once, where it ran.
+    let run_id = mill(
+        &address,
+        &["spawn", "--image", &image, "--", "/bin/sh", "-c", "sleep 1"],
+    )
+    .await;
+    let run_id = run_id.trim().to_string();
+    let run: Value = support::eventually(WITHIN, "the task run to end", || {
+        let address = address.clone();
+        let run_id = run_id.clone();
+        async move {
+            let ps: Value = serde_json::from_str(&mill(&address, &["--json", "ps"]).await).ok()?;
+            let run = ps.as_array()?.iter().find(|r| r["id"] == run_id.as_str())?;
+            (run["status"] == "stopped").then(|| run.clone())
+        }
+    })
+    .await;
+    let task = run["name"]
+        .as_str()
+        .expect("the run's task name")
+        .to_string();
+    let task_count = format!("namespace=\"default\",task=\"{task}\"");
+
+    // /metrics: the running container's usage, by alloc; none for the alloc the rollout
+    // stopped; the task run's duration; the store's apply latency.
+    let alloc_of = |labels: &str| {
+        labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("alloc=\""))
+            .map(|a| a.trim_end_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    let metrics = metrics_until(
+        &node,
+        "the new alloc's cpu and memory, the old one's gone, the task run's duration",
+        |text| {
+            let memory = samples(text, "mill_alloc_memory_bytes");
+            let cpu = samples(text, "mill_alloc_cpu_usage");
+            let current = |series: &[(String, f64)]| {
+                series.iter().any(|(labels, _)| {
+                    labels.contains("service=\"hello\"") && alloc_of(labels).starts_with("hello-2-")
+                })
+            };
+            let old = memory
+                .iter()
+                .chain(&cpu)
+                .any(|(labels, _)| alloc_of(labels) == first_alloc);
+            let runs = samples(text, "mill_tasks_duration_seconds_count");
+            current(&memory)
+                && current(&cpu)
+                && !old
+                && runs.iter().any(|(l, n)| l == &task_count && *n >= 1.0)
+        },
+    )
+    .await;
+    for (labels, bytes) in samples(&metrics, "mill_alloc_memory_bytes") {
+        assert!(bytes > 0.0, "no memory in use for {labels}:\n{metrics}");
+    }
+    for (labels, cores) in samples(&metrics, "mill_alloc_cpu_usage") {
+        assert!(cores >= 0.0, "cpu usage {cores} of {labels}:\n{metrics}");
+    }
+    let took = samples(&metrics, "mill_tasks_duration_seconds_sum");
+    assert!(
+        took.iter().any(|(l, s)| l == &task_count && *s >= 1.0),
+        "the run slept 1 s:\n{metrics}"
+    );
+    let applied = samples(&metrics, "mill_store_apply_seconds_count");
+    assert!(
+        applied.iter().any(|(_, n)| *n > 0.0),
+        "no store apply latency:\n{metrics}"
+    );
+
     // /metrics passes promtool and carries the figures of SPEC §8 and the store's.
-    let metrics = reqwest::Client::new()
-        .get(node.url("/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     for family in [
         "mill_node_cpu_available{node=\"node-1\"}",
         "mill_node_memory_available_bytes{node=\"node-1\"}",
@@ -318,6 +426,8 @@ async fn cli_commands_against_a_live_cluster() {
         "mill_raft_applied_index ",
         "mill_api_write_duration_seconds_bucket{",
         "mill_controller_reconciles_total ",
+        "mill_store_apply_seconds_bucket{",
+        "mill_tasks_duration_seconds_bucket{",
     ] {
         assert!(metrics.contains(family), "no {family} in:\n{metrics}");
     }

@@ -5,7 +5,8 @@
 //! decides, one [`supervisor`] task per alloc acts (pull, create, start, restart with
 //! backoff, stop, clean up) and writes the alloc's status. At start it re-adopts the
 //! containers it finds in its containerd namespace. It also serves its node's logs and
-//! image imports ([`endpoints`]) and renews the Node's heartbeat ([`heartbeat`]).
+//! image imports ([`endpoints`]), renews the Node's heartbeat ([`heartbeat`]) and samples its
+//! containers' usage and task runs' durations for the node's metrics ([`usage`]).
 
 pub mod cgroup;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod runtime;
 pub mod spec;
 mod status;
 pub mod supervisor;
+pub mod usage;
 
 pub use config::{AgentConfig, Timings};
 pub use ports::PortRange;
@@ -53,6 +55,8 @@ pub struct Ctx {
     pub puller: pull::Puller,
     /// Logs.
     pub logs: logs::LogStore,
+    /// Usage samples and ended task runs, for the node's metrics.
+    pub meter: usage::Meter,
 }
 
 /// A started agent.
@@ -63,8 +67,9 @@ pub struct Agent {
 
 impl Agent {
     /// Starts the agent in the background: it connects to containerd (retrying, with a
-    /// clear error while it cannot), re-adopts, then converges forever.
-    pub fn start(config: AgentConfig, client: kube::Client) -> Agent {
+    /// clear error while it cannot), re-adopts, then converges forever. Its usage samples
+    /// and ended task runs go to `meter`.
+    pub fn start(config: AgentConfig, client: kube::Client, meter: usage::Meter) -> Agent {
         let logs = logs::LogStore::new(
             config.data_dir.join("logs"),
             config.timings.log_max_bytes,
@@ -73,7 +78,7 @@ impl Agent {
         );
         let (ctx_tx, ctx_rx) = watch::channel(None);
         let router = endpoints::router(config.token.clone(), logs.clone(), ctx_rx);
-        tokio::spawn(run(config, client, logs, ctx_tx));
+        tokio::spawn(run(config, client, logs, meter, ctx_tx));
         Agent { router }
     }
 }
@@ -102,6 +107,7 @@ async fn run(
     config: AgentConfig,
     client: kube::Client,
     logs: logs::LogStore,
+    meter: usage::Meter,
     ctx_tx: watch::Sender<Option<Arc<Ctx>>>,
 ) {
     let runtime = connect(&config).await;
@@ -116,6 +122,7 @@ async fn run(
         client,
         runtime,
         logs,
+        meter,
     });
     ctx_tx.send_replace(Some(ctx.clone()));
 
@@ -152,6 +159,7 @@ async fn run(
     adopt(&ctx, &reader, &mut handles, &done_tx).await;
 
     tokio::spawn(heartbeat::run(ctx.clone(), reader.clone()));
+    tokio::spawn(usage::run(ctx.clone(), reader.clone()));
     tokio::spawn(janitor(ctx.clone(), reader.clone()));
 
     let mut marked: HashSet<String> = HashSet::new();

@@ -86,6 +86,7 @@ pub async fn supervise(
         }),
     };
     sup.status(patch).await;
+    sup.task_ended();
     let _ = done.send(uid);
 }
 
@@ -96,6 +97,8 @@ struct Supervisor {
     namespace: String,
     restarts: i32,
     scratch: PathBuf,
+    /// When the container first started: a task run's start, for its duration.
+    started: Option<jiff::Timestamp>,
 }
 
 impl Supervisor {
@@ -108,6 +111,8 @@ impl Supervisor {
             .data_dir
             .join("allocs")
             .join(alloc.metadata.uid.clone().unwrap_or_default());
+        let started = alloc.status.as_ref().and_then(|s| s.started_at.as_ref());
+        let started = started.map(|t| t.0);
         Supervisor {
             ctx,
             alloc,
@@ -115,6 +120,7 @@ impl Supervisor {
             namespace,
             restarts,
             scratch,
+            started,
         }
     }
 
@@ -142,7 +148,20 @@ impl Supervisor {
     }
 
     fn cgroups_path(&self) -> String {
-        format!("/{}/{}", self.ctx.config.containerd_namespace, self.id)
+        crate::usage::cgroups_path(&self.ctx.config.containerd_namespace, &self.id)
+    }
+
+    /// Reports a task run that started as ended, with its duration, for the node's metrics.
+    fn task_ended(&self) {
+        let (true, Some(started)) = (self.is_task(), self.started) else {
+            return;
+        };
+        let took = jiff::Timestamp::now().duration_since(started);
+        self.ctx.meter.task_ended(&crate::usage::TaskRun {
+            namespace: self.namespace.clone(),
+            task: self.alloc.spec.owner.name.clone(),
+            took: Duration::try_from(took).unwrap_or_default(),
+        });
     }
 
     async fn lifecycle(&mut self, start: Start, mut stop: watch::Receiver<bool>) -> Outcome {
@@ -380,6 +399,7 @@ impl Supervisor {
             .map_err(failed)?;
         self.ctx.logs.follow(&self.namespace, &name);
         rt.task_start(&self.id).await.map_err(failed)?;
+        self.started.get_or_insert_with(jiff::Timestamp::now);
         let phase = if self.alloc.spec.template.health.is_some() {
             AllocPhase::Running
         } else {

@@ -213,6 +213,7 @@ impl RunningNode {
         let agent = mill_agent::Agent::start(
             agent_config(data_dir, identity, knobs, args, nameserver)?,
             crate::api::kube_client(api.clone(), &identity.token),
+            metrics.agent_meter(),
         );
         // Kept running for the node's lifetime; it starts and stops the controllers.
         let _leadership = leader::follow(
