@@ -2,7 +2,7 @@
 //! controllers, its agent on a private containerd, images from a local registry):
 //! `get` (tables, `-o json|yaml|name`, `-w`), the same allocs as the real kubectl through
 //! `mill kubeconfig`, `describe` with a rollout's history, `logs` (tail, `-f` on a running
-//! container, `--all`), `delete`, `status`, and
+//! container, `--all`), `delete`, `status` (with the service's cpu and memory in use), and
 //! `/metrics`: the running container's usage (and none for the alloc the rollout stopped),
 //! a finished task run's duration, the store's apply latency, passing `promtool check
 //! metrics`; a secret the service uses never shows in any output or in the daemon's log.
@@ -192,24 +192,44 @@ async fn cli_commands_against_a_live_cluster() {
     std::fs::write(&file, config(&image, "v1")).unwrap();
     mill(&address, &["deploy", "-f", file_arg]).await;
 
-    // status: the CLUSTER line, then SERVICES, TASKS, NODES.
+    // status: the CLUSTER line, then SERVICES, TASKS, NODES; a node's reservations count
+    // the deploy at once, not with the next heartbeat.
     let status = mill(&address, &["status"]).await;
     let lines: Vec<&str> = status.lines().collect();
     assert!(
         lines[0].starts_with("CLUSTER   1 node, leader node-1, 1 service, 0 tasks, cpu 0.1/"),
         "{status}"
     );
-    let hello = lines.iter().find(|l| l.trim_start().starts_with("hello "));
-    let hello: Vec<&str> = hello.expect("a hello row").split_whitespace().collect();
-    assert_eq!(
-        hello,
-        ["hello", "1/1", "0.1", "31Mi", "0.0", "-"],
-        "{status}"
-    );
     let node_row = lines.iter().find(|l| l.trim_start().starts_with("node-1 "));
     let node_row: Vec<&str> = node_row.expect("a node-1 row").split_whitespace().collect();
     assert_eq!(node_row[1], "ready", "{status}");
+    assert!(node_row[2].starts_with("0.1/"), "{status}");
+    assert!(node_row[3].starts_with("31Mi/"), "{status}");
     assert_eq!(node_row[4], "1", "{status}");
+    // The service's row shows what its container uses once the agent sampled it twice.
+    let (status, hello) = support::eventually(WITHIN, "the hello row with usage", || {
+        let address = address.clone();
+        async move {
+            let status = mill(&address, &["status"]).await;
+            let row = status
+                .lines()
+                .find(|l| l.trim_start().starts_with("hello "))
+                .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())?;
+            (row.len() == 6 && row[2] != "-" && row[3] != "-").then_some((status, row))
+        }
+    })
+    .await;
+    assert_eq!(hello[..2], ["hello", "1/1"], "{status}");
+    assert_eq!(hello[4..], ["0.0", "-"], "{status}");
+    assert!(
+        hello[2].ends_with('m') && hello[2].trim_end_matches('m').parse::<u32>().is_ok(),
+        "cpu in millicores: {status}"
+    );
+    let memory_digits = hello[3].trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    assert!(
+        memory_digits.parse::<f64>().is_ok_and(|m| m > 0.0),
+        "memory in use: {status}"
+    );
     for section in ["SERVICES", "TASKS", "NODES"] {
         assert!(lines.contains(&section), "{status}");
     }

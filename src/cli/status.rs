@@ -1,11 +1,14 @@
 //! `mill status`: the cluster at a glance, from `/v1/status`, `/v1/services`,
 //! `/v1/tasks` and `/v1/nodes`: a CLUSTER line, then SERVICES (healthy/desired replicas,
-//! cpu and memory reserved, req/s and p99 through the ingress proxy), TASKS and NODES
-//! (status, cpu and memory used/total, allocs).
+//! cpu and memory its allocs use, req/s and p99 through the ingress proxy), TASKS and NODES
+//! (status, cpu and memory reserved/total, allocs).
 //!
-//! req/s and p99 come from every ready node's `/v1/metrics` (`mill_proxy_requests_total`,
-//! `mill_proxy_latency_seconds`), scraped twice [`WINDOW`] apart: the figures are those of
-//! that window, summed over the nodes (`-` when no node answered, p99 `-` without traffic).
+//! A service's cpu, memory, req/s and p99 come from every ready node's `/v1/metrics`
+//! (`mill_alloc_cpu_usage` and `mill_alloc_memory_bytes`, which each node exports for the
+//! allocs it runs; `mill_proxy_requests_total`, `mill_proxy_latency_seconds`), scraped
+//! twice [`WINDOW`] apart: usage is the second reading, req/s and p99 are those of the
+//! window, all summed over the nodes (`-` when no node answered or, for usage, before the
+//! agents' first samples; p99 `-` without traffic).
 
 use super::client::Client;
 use super::output::{self, Format};
@@ -17,12 +20,14 @@ use std::time::{Duration, Instant};
 /// How long `mill status` watches the proxies' counters for req/s and p99.
 pub const WINDOW: Duration = Duration::from_secs(1);
 
-/// One service's proxy counters, summed over nodes: requests, and the latency
-/// histogram's cumulative bucket counts by upper bound.
+/// One service's figures, summed over nodes: proxy requests, the latency histogram's
+/// cumulative bucket counts by upper bound, and its allocs' usage (cores, bytes) if sampled.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Traffic {
     requests: f64,
     buckets: BTreeMap<String, f64>,
+    cpu: Option<f64>,
+    memory: Option<f64>,
 }
 
 /// The labels of a sample line (`name{k="v",...} value`), its name and value.
@@ -57,7 +62,7 @@ fn sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
     Some((name, labels, value))
 }
 
-/// The proxy counters of `namespace`'s services in one node's metrics text.
+/// The proxy counters and alloc usage of `namespace`'s services in one node's metrics text.
 fn proxy_traffic(text: &str, namespace: &str, into: &mut BTreeMap<String, Traffic>) {
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((name, labels, value)) = sample(line) else {
@@ -77,6 +82,8 @@ fn proxy_traffic(text: &str, namespace: &str, into: &mut BTreeMap<String, Traffi
                     *traffic.buckets.entry(le.clone()).or_default() += value;
                 }
             }
+            "mill_alloc_cpu_usage" => *traffic.cpu.get_or_insert(0.0) += value,
+            "mill_alloc_memory_bytes" => *traffic.memory.get_or_insert(0.0) += value,
             _ => {}
         }
     }
@@ -167,6 +174,15 @@ fn cores(n: f64) -> String {
     format!("{n:.1}")
 }
 
+/// Cores in use: millicores below one core (`3m`, as `kubectl top`), else `1.2`.
+fn usage_cores(n: f64) -> String {
+    if n < 0.9995 {
+        format!("{:.0}m", n.max(0.0) * 1000.0)
+    } else {
+        format!("{n:.1}")
+    }
+}
+
 fn number(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
 }
@@ -188,6 +204,13 @@ pub async fn run(client: &Client, namespace: &str, format: Format) -> anyhow::Re
     tokio::time::sleep(WINDOW).await;
     let after = scrape(client, &node_list, namespace).await;
     let seconds = started.elapsed().as_secs_f64();
+    let usage = |service: &str| -> (String, String) {
+        let found = after.as_ref().and_then(|a| a.get(service));
+        (
+            found.and_then(|t| t.cpu).map_or("-".into(), usage_cores),
+            found.and_then(|t| t.memory).map_or("-".into(), bytes),
+        )
+    };
     let traffic = |service: &str| -> (String, String) {
         let (Some(before), Some(after)) = (&before, &after) else {
             return ("-".into(), "-".into());
@@ -231,15 +254,14 @@ pub async fn run(client: &Client, namespace: &str, format: Format) -> anyhow::Re
     let service_rows: Vec<Vec<String>> = items(&services)
         .iter()
         .map(|s| {
-            let allocations = items(&s["allocations"]);
-            let cpu: f64 = allocations.iter().map(|a| number(&a["cpu"])).sum();
-            let memory: f64 = allocations.iter().map(|a| number(&a["memory"])).sum();
-            let (rate, p99) = traffic(s["name"].as_str().unwrap_or_default());
+            let name = s["name"].as_str().unwrap_or_default();
+            let (rate, p99) = traffic(name);
+            let (cpu, memory) = usage(name);
             vec![
                 output::cell(&s["name"]),
                 format!("{}/{}", s["replicas"]["healthy"], s["replicas"]["desired"]),
-                cores(cpu),
-                bytes(memory),
+                cpu,
+                memory,
                 rate,
                 p99,
             ]
@@ -349,6 +371,28 @@ mill_proxy_latency_seconds_bucket{namespace="default",service="web",route="a.tes
         assert_eq!(latency(0.1), "100ms");
         let (rate, p99) = window(&before["web"], &before["web"], 1.0);
         assert_eq!((rate, p99), (0.0, None));
+    }
+
+    #[test]
+    fn alloc_usage_is_summed_per_service_of_the_namespace() {
+        let text = r#"# TYPE mill_alloc_cpu_usage gauge
+mill_alloc_cpu_usage{namespace="default",service="web",alloc="web-1-0"} 0.25
+mill_alloc_cpu_usage{namespace="default",service="web",alloc="web-1-1"} 0.5
+mill_alloc_memory_bytes{namespace="default",service="web",alloc="web-1-0"} 1048576
+mill_alloc_memory_bytes{namespace="default",service="web",alloc="web-1-1"} 1048576
+mill_alloc_memory_bytes{namespace="other",service="web",alloc="web-1-0"} 99
+mill_alloc_memory_bytes{namespace="default",service="db",alloc="db-1-0"} 4096
+"#;
+        let mut figures = BTreeMap::new();
+        proxy_traffic(text, "default", &mut figures);
+        assert_eq!(figures["web"].cpu, Some(0.75));
+        assert_eq!(figures["web"].memory, Some(2097152.0));
+        // Memory sampled, cpu not yet (the first sample has no rate).
+        assert_eq!(figures["db"].cpu, None);
+        assert_eq!(figures["db"].memory, Some(4096.0));
+        assert_eq!(usage_cores(0.0034), "3m");
+        assert_eq!(usage_cores(0.75), "750m");
+        assert_eq!(usage_cores(1.25), "1.2");
     }
 
     #[test]

@@ -51,18 +51,36 @@ fn live_on<'a>(allocs: &'a [Alloc], node: &'a str) -> impl Iterator<Item = &'a A
         .filter(move |a| a.spec.node_name.as_deref() == Some(node) && is_live(a))
 }
 
+/// A node's capacity (from its heartbeat) minus what its live allocs reserve now (from the
+/// store, so a deploy shows at once rather than with the node's next heartbeat): cores, bytes.
+pub(crate) fn available(node: &Node, allocs: &[Alloc]) -> (f64, u64) {
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    let capacity = node.status.as_ref().map(|s| s.capacity).unwrap_or_default();
+    let (cpu, memory) = live_on(allocs, name).fold((0.0, 0u64), |(cpu, memory), a| {
+        (
+            cpu + a.spec.template.cpu,
+            memory + a.spec.template.memory.bytes(),
+        )
+    });
+    (
+        (capacity.cpu - cpu).max(0.0),
+        capacity.memory.bytes().saturating_sub(memory),
+    )
+}
+
 /// One entry of `GET /v1/nodes`.
 pub(crate) fn node_json(node: &Node, allocs: &[Alloc]) -> Value {
     let name = node.metadata.name.clone().unwrap_or_default();
     let status = node.status.clone().unwrap_or_default();
+    let (cpu_available, memory_available) = available(node, allocs);
     json!({
         "id": name,
         "address": node.spec.api_address,
         "status": status_word(node),
         "cpu_total": status.capacity.cpu,
-        "cpu_available": status.allocatable.cpu,
+        "cpu_available": cpu_available,
         "memory_total_bytes": status.capacity.memory.bytes(),
-        "memory_available_bytes": status.allocatable.memory.bytes(),
+        "memory_available_bytes": memory_available,
         "alloc_count": live_on(allocs, &name).count(),
     })
 }

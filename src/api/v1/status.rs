@@ -2,7 +2,8 @@
 //!
 //! `service_count` counts the Services of every namespace (not those being deleted);
 //! `task_count` the task runs not yet ended; cpu and memory are summed over the nodes
-//! (`available` only over ready ones, what the scheduler can still place on); `leader` is
+//! (`available` only over ready ones, what the scheduler can still place on: capacity
+//! minus what live allocs reserve, read from the store, not a heartbeat late); `leader` is
 //! the leader's node name (`null` during an election). Beyond SPEC's fields, `node` names
 //! the node that answered (how `mill leave` finds the node `--address` points at).
 
@@ -22,7 +23,8 @@ pub(crate) async fn status(State(state): State<Arc<ApiState>>) -> Response {
         .iter()
         .filter(|s| s.metadata.deletion_timestamp.is_none())
         .count();
-    let tasks = typed::<Alloc>(store, ALLOCS, None)
+    let allocs = typed::<Alloc>(store, ALLOCS, None);
+    let tasks = allocs
         .iter()
         .filter(|a| a.spec.owner.kind == OwnerKind::Task)
         .filter(|a| !a.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
@@ -31,11 +33,11 @@ pub(crate) async fn status(State(state): State<Arc<ApiState>>) -> Response {
         .iter()
         .map(|n| (n, n.status.clone().unwrap_or_default()))
         .collect();
-    let ready = || {
-        statuses
-            .iter()
-            .filter(|(n, _)| super::nodes::status_word(n) == "ready")
-    };
+    let available: Vec<(f64, u64)> = nodes
+        .iter()
+        .filter(|n| super::nodes::status_word(n) == "ready")
+        .map(|n| super::nodes::available(n, &allocs))
+        .collect();
     let name_of = |id: u64| {
         nodes
             .iter()
@@ -48,9 +50,9 @@ pub(crate) async fn status(State(state): State<Arc<ApiState>>) -> Response {
         "service_count": services,
         "task_count": tasks,
         "cpu_total": statuses.iter().map(|(_, s)| s.capacity.cpu).sum::<f64>(),
-        "cpu_available": ready().map(|(_, s)| s.allocatable.cpu).sum::<f64>(),
+        "cpu_available": available.iter().map(|a| a.0).sum::<f64>(),
         "memory_total_bytes": statuses.iter().map(|(_, s)| s.capacity.memory.bytes()).sum::<u64>(),
-        "memory_available_bytes": ready().map(|(_, s)| s.allocatable.memory.bytes()).sum::<u64>(),
+        "memory_available_bytes": available.iter().map(|a| a.1).sum::<u64>(),
         "leader": leader,
         "node": name_of(store.node_id()),
     }))
