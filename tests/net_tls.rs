@@ -65,7 +65,13 @@ impl Pebble {
 
     /// Starts pebble validating HTTP-01 on `http_port`.
     async fn start(http_port: u16) -> Pebble {
-        let dir = tempfile::tempdir().unwrap();
+        let listen = format!("127.0.0.1:{}", support::free_port());
+        Pebble::start_at(tempfile::tempdir().unwrap(), &listen, http_port).await
+    }
+
+    /// Starts pebble in `dir` with its directory on `listen`, validating HTTP-01 on
+    /// `http_port`; the CA of its HTTPS is `dir/ca.pem`.
+    async fn start_at(dir: tempfile::TempDir, listen: &str, http_port: u16) -> Pebble {
         // pebble's own HTTPS: a leaf for localhost/127.0.0.1 signed by a test CA.
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -105,7 +111,6 @@ impl Pebble {
             .expect("pebble-challtestsrv starts");
         let dns = Process(dns);
 
-        let listen = format!("127.0.0.1:{}", support::free_port());
         let management = format!("127.0.0.1:{}", support::free_port());
         let config = json!({"pebble": {
             "listenAddress": listen,
@@ -518,4 +523,183 @@ async fn route_hosts_get_acme_certificates_by_sni_with_a_self_signed_fallback_an
         "{log}\npebble:\n{}",
         pebble.log()
     );
+}
+
+/// One `mill` process of a 3-node cluster, with ingress addresses of its own.
+struct Member {
+    api: String,
+    https: String,
+    http_port: u16,
+    log: PathBuf,
+    _child: Process,
+}
+
+impl Member {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn start(dir: &Path, i: u8, join: Option<&str>, env: &[(&str, &str)]) -> Member {
+        let api = format!("127.0.0.1:{}", support::free_port());
+        let http_port = support::free_port();
+        let https = format!("127.0.0.1:{}", support::free_port());
+        let n = support::free_port();
+        let dns = SocketAddr::from(([127, 56, (n >> 8) as u8, (n as u8 & 0xf0) | (i + 1)], 53));
+        let log = dir.join(format!("node-{i}.log"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mill"));
+        command.arg("--data-dir").arg(dir.join(format!("node-{i}")));
+        match join {
+            None => command.args(["init", "--token", TOKEN]),
+            Some(member) => command.args(["join", member, "--token", TOKEN]),
+        };
+        command
+            .args(["--advertise", "127.0.0.1", "--api-addr", &api])
+            .args(["--dns-addr", &dns.to_string()])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(["--https-addr", &https])
+            .args(["--containerd-socket", "/nonexistent/containerd.sock"])
+            .env("MILL_ELECTION_TIMEOUT_MS", "500")
+            .env("MILL_RUN_CONTROLLERS", "0")
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info,openraft=error")
+            .stdin(Stdio::null())
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            );
+        let member = Member {
+            api,
+            https,
+            http_port,
+            log,
+            _child: Process(command.spawn().expect("mill starts")),
+        };
+        let line = if join.is_some() {
+            "Joined cluster"
+        } else {
+            "To join another node"
+        };
+        eventually(WITHIN, &format!("{} to serve", member.api), || async {
+            member.log_text().contains(line).then_some(())
+        })
+        .await;
+        member
+    }
+
+    async fn leads(&self, http: &reqwest::Client) -> bool {
+        let Ok(answer) = http
+            .get(format!("http://{}/internal/node/info", self.api))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+        else {
+            return false;
+        };
+        answer
+            .json::<Value>()
+            .await
+            .is_ok_and(|info| info["role"] == "Leader")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_answers_the_challenge_and_every_node_serves_the_certificate() {
+    for tool in ["pebble", "pebble-challtestsrv", "curl"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        assert!(
+            found,
+            "{tool} is not installed; run scripts/setup (Debian packages pebble, curl)"
+        );
+    }
+    // pebble's address is fixed before the nodes start; pebble itself starts once the
+    // cluster knows its leader, validating on a follower's --http-addr: the follower
+    // must answer from the challenge the leader wrote to the store.
+    let dir = tempfile::tempdir().unwrap();
+    let pebble_dir = tempfile::tempdir().unwrap();
+    let ca_file = pebble_dir.path().join("ca.pem");
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let directory = format!("https://{listen}/dir");
+    let env = [
+        ("MILL_ACME_DIRECTORY", directory.as_str()),
+        ("MILL_ACME_CA_FILE", path(&ca_file)),
+        ("MILL_ACME_POLL_MS", "1000"),
+        ("MILL_ACME_RETRY_MS", "1000"),
+    ];
+    let first = Member::start(dir.path(), 0, None, &env).await;
+    let mut members = vec![first];
+    for i in 1..3u8 {
+        let join = members[0].api.clone();
+        members.push(Member::start(dir.path(), i, Some(&join), &env).await);
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let mut follower = None;
+    for (i, member) in members.iter().enumerate() {
+        if !member.leads(&http).await {
+            follower = Some(i);
+        }
+    }
+    let follower = &members[follower.expect("a follower among 3 nodes")];
+    let pebble = Pebble::start_at(pebble_dir, &listen, follower.http_port).await;
+
+    send(
+        &http,
+        reqwest::Method::POST,
+        format!(
+            "http://{}/apis/mill.dev/v1/namespaces/default/services",
+            members[0].api
+        ),
+        json!({
+            "apiVersion": "mill.dev/v1", "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"image": "busybox", "port": 8080, "routes": [{"host": HOST, "path": "/"}]},
+        }),
+    )
+    .await;
+    let root = pebble.management("roots/0");
+    let mut serials = std::collections::BTreeSet::new();
+    for member in &members {
+        let shown = eventually(
+            WITHIN,
+            &format!("pebble's certificate for HOST on {}", member.https),
+            || async { handshake(&member.https, HOST, Some(&root)).await.ok() },
+        )
+        .await;
+        serials.insert(facts(&shown.chain[0]).0);
+    }
+    assert_eq!(serials.len(), 1, "every node serves the one certificate");
+    let issued: usize = members
+        .iter()
+        .map(|m| {
+            m.log_text()
+                .matches(&format!("ACME: certificate for {HOST} issued"))
+                .count()
+        })
+        .sum();
+    assert_eq!(issued, 1, "one node ordered it, once");
+    // The leader waited for every node to apply the challenge before pebble validated on
+    // the follower: no order failed.
+    for member in &members {
+        let log = member.log_text();
+        assert!(
+            !log.contains("ACME: cannot get a certificate"),
+            "{}: {log}\npebble:\n{}",
+            member.api,
+            pebble.log()
+        );
+    }
 }

@@ -324,6 +324,7 @@ fn start_acme(
         directory,
         email: args.acme_email.clone(),
         ca_file: knobs.acme_ca_file.clone(),
+        token: identity.token.clone(),
         knobs: knobs.net.acme.clone(),
     };
     let client = crate::api::kube_client(api.clone(), &identity.token);

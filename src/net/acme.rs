@@ -11,9 +11,10 @@
 //!    with `--acme-email` as contact; made anew when `--acme-directory` changes);
 //! 2. for each pending authorization, the HTTP-01 key authorization is written to Secret
 //!    `acme-http01-<host>`, which every node's proxy answers on
-//!    `/.well-known/acme-challenge/<token>` of `--http-addr` once its store applied it
-//!    (followers apply a commit within one heartbeat round, well before the CA's
-//!    validation request after `set_ready`);
+//!    `/.well-known/acme-challenge/<token>` of `--http-addr` once its store applied it;
+//!    before telling the CA to validate, the task asks every live node's routing
+//!    barrier (`/internal/routing/applied`, at most [`SPREAD_WAIT`]) whether it applied
+//!    that write, so the CA's request finds the answer on whichever node it reaches;
 //! 3. the order is finalized with a CSR for a fresh ECDSA P-256 key (rcgen), the chain
 //!    and key are written to Secret `tls-<host>` (type `kubernetes.io/tls`, sealed at
 //!    rest), and the challenge Secret is deleted.
@@ -39,6 +40,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The longest a failing host waits before its next order.
 const MAX_RETRY: Duration = Duration::from_secs(3600);
+/// How long a challenge waits for every live node to have applied it.
+const SPREAD_WAIT: Duration = Duration::from_secs(5);
 /// The annotation of the account Secret naming its directory.
 const DIRECTORY_ANNOTATION: &str = "mill.dev/acme-directory";
 
@@ -78,6 +81,8 @@ pub struct AcmeConfig {
     /// `MILL_ACME_CA_FILE`: a PEM CA to trust for the directory's HTTPS (a test CA),
     /// instead of the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// The cluster token (the other nodes' routing barrier asks for it).
+    pub token: String,
     /// Timings.
     pub knobs: AcmeKnobs,
 }
@@ -129,6 +134,7 @@ pub async fn run(client: kube::Client, config: AcmeConfig) {
         secrets: Api::namespaced(client.clone(), NAMESPACE),
         client,
         config,
+        http: reqwest::Client::new(),
         account: None,
         failures: HashMap::new(),
     };
@@ -142,6 +148,7 @@ struct Manager {
     client: kube::Client,
     secrets: Api<Secret>,
     config: AcmeConfig,
+    http: reqwest::Client,
     account: Option<Account>,
     /// Per failing host: when it may be tried again, and the wait after that.
     failures: HashMap<String, (Instant, Duration)>,
@@ -264,8 +271,10 @@ impl Manager {
                 .challenge(ChallengeType::Http01)
                 .ok_or_else(|| anyhow::anyhow!("the ACME server offers no HTTP-01 challenge"))?;
             let answer = challenge.key_authorization();
-            self.put_challenge(host, &challenge.token, answer.as_str())
+            let revision = self
+                .put_challenge(host, &challenge.token, answer.as_str())
                 .await?;
+            self.wait_everywhere(revision).await;
             challenge
                 .set_ready()
                 .await
@@ -434,7 +443,48 @@ impl Manager {
         }
     }
 
-    async fn put_challenge(&self, host: &str, token: &str, answer: &str) -> anyhow::Result<()> {
+    /// Waits until every live node applied store revision `revision` (or
+    /// [`SPREAD_WAIT`] passed: a node that does not answer must not block issuance).
+    async fn wait_everywhere(&self, revision: u64) {
+        let nodes: Api<mill_crds::Node> = Api::all(self.client.clone());
+        let nodes = match nodes.list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            Err(err) => {
+                tracing::debug!("ACME: cannot list the nodes: {err}");
+                return;
+            }
+        };
+        let asks = nodes
+            .iter()
+            .filter(|n| {
+                n.status.as_ref().map(|s| s.state).unwrap_or_default() != mill_crds::NodeState::Down
+            })
+            .map(|node| {
+                let url = format!("http://{}/internal/routing/applied", node.spec.api_address);
+                let ask = self
+                    .http
+                    .get(url)
+                    .query(&[
+                        ("revision", revision),
+                        ("timeoutMs", SPREAD_WAIT.as_millis() as u64),
+                    ])
+                    .bearer_auth(&self.config.token)
+                    .timeout(SPREAD_WAIT * 2)
+                    .send();
+                async move {
+                    if let Err(err) = ask.await.and_then(|r| r.error_for_status()) {
+                        tracing::debug!(
+                            "ACME: {} did not confirm the challenge: {err}",
+                            node.spec.api_address
+                        );
+                    }
+                }
+            });
+        futures_util::future::join_all(asks).await;
+    }
+
+    /// Stores `host`'s challenge; the store revision of the write.
+    async fn put_challenge(&self, host: &str, token: &str, answer: &str) -> anyhow::Result<u64> {
         self.ensure_namespace().await?;
         let annotations = BTreeMap::from([(HOST_ANNOTATION.to_string(), host.to_string())]);
         self.put(Secret {
@@ -463,13 +513,14 @@ impl Manager {
         }
     }
 
-    /// Creates the Secret, or replaces the one of that name.
-    async fn put(&self, secret: Secret) -> anyhow::Result<()> {
+    /// Creates the Secret, or replaces the one of that name; the store revision of the
+    /// write.
+    async fn put(&self, secret: Secret) -> anyhow::Result<u64> {
         let name = secret.metadata.name.clone().unwrap_or_default();
         for _ in 0..5 {
             match self.secrets.get_opt(&name).await? {
                 None => match self.secrets.create(&PostParams::default(), &secret).await {
-                    Ok(_) => return Ok(()),
+                    Ok(written) => return Ok(revision_of(&written)),
                     Err(kube::Error::Api(e)) if e.code == 409 => continue,
                     Err(e) => return Err(e).context(format!("cannot create secret {name}")),
                 },
@@ -481,7 +532,7 @@ impl Manager {
                         .replace(&name, &PostParams::default(), &secret)
                         .await
                     {
-                        Ok(_) => return Ok(()),
+                        Ok(written) => return Ok(revision_of(&written)),
                         Err(kube::Error::Api(e)) if e.code == 409 => continue,
                         Err(e) => return Err(e).context(format!("cannot replace secret {name}")),
                     }
@@ -490,6 +541,15 @@ impl Manager {
         }
         anyhow::bail!("secret {NAMESPACE}/{name} kept changing under five writes")
     }
+}
+
+fn revision_of(secret: &Secret) -> u64 {
+    secret
+        .metadata
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or_default()
 }
 
 fn meta(name: &str, kind: &str, annotations: BTreeMap<String, String>) -> ObjectMeta {
