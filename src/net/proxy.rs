@@ -1,6 +1,20 @@
 //! The ingress HTTP proxy (SPEC §5) on `--http-addr`: HTTP/1.1 and HTTP/2 (h2c with prior
 //! knowledge) from clients, HTTP/1.1 with pooled keep-alive connections to backends.
 //!
+//! - **Threads**: each listener gets threads of its own, one per core (nginx's
+//!   `worker_processes auto`), each a single-threaded tokio runtime; the accept loop hands
+//!   connections to them in turn. A client connection, its requests and the upstream
+//!   connections they use live on one thread, so forwarding a request wakes no other thread
+//!   (on the daemon's shared multi-threaded runtime, cross-thread wakeups and task hops
+//!   were most of the cost: `benches/README.md`). `Proxy::serve_connection` serves any
+//!   byte stream (TCP, TLS) on any runtime.
+//! - **Upstream connections**: hyper's HTTP/1.1 client connections, pooled per proxy
+//!   thread (a thread-local list: no lock; a connection's task runs on the thread that
+//!   opened it), keyed by the backend's alloc and address, the most recently used first, at
+//!   most `POOL_MAX` (256) per thread. A connection goes back to the pool when its response body
+//!   ended and the request's body went out in full; a pooled connection the backend closed
+//!   meanwhile is detected before use, and one that takes nothing (closed as the request
+//!   was handed to it) gets the request again on a new connection to the same backend.
 //! - **Routing**: the Host (URI authority for HTTP/2 and absolute-form requests, else the
 //!   `Host` header; port and a trailing dot stripped, case-insensitive) and the longest
 //!   matching path prefix across every service's routes. A prefix matches at a segment
@@ -42,14 +56,13 @@
 //!   the class, `2xx`…`5xx`) and `mill_proxy_latency_seconds{namespace,service,route}`
 //!   (request → response head) for every request that matched a route.
 
-use super::table::{Backend, InFlight, Routing, RoutingTable, ServiceRoutes};
+use super::table::{Backend, InFlight, Load, Routing, RoutingTable, ServiceRoutes};
 use arc_swap::ArcSwap;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper::client::conn::http1 as up;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -110,36 +123,73 @@ pub struct ProxyConfig {
 
 /// Binds `config.addr` and serves the proxy on it until the process ends; returns the
 /// bound address (useful with port 0).
+///
+/// The proxy runs on threads of its own, one per core (what nginx's `worker_processes
+/// auto` gets), each a single-threaded tokio runtime: a client connection, its requests
+/// and the upstream connections they use stay on one thread, so a request wakes no other
+/// thread. Accepting happens on the caller's runtime, which hands each connection to the
+/// threads in turn.
 pub async fn serve(routing: Routing, config: ProxyConfig) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(config.addr).await?;
     let addr = listener.local_addr()?;
     let proxy = Arc::new(Proxy::new(routing, &config)?);
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.knobs.idle_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = (0..threads)
+        .map(|i| worker(i, proxy.clone()))
+        .collect::<std::io::Result<Vec<_>>>()?;
     let scheme = if proxy.acceptor.is_some() {
         "https"
     } else {
         "http"
     };
-    tracing::info!("ingress proxy listening on {scheme}://{addr}");
-    tokio::spawn(accept(listener, proxy, builder));
+    tracing::info!("ingress proxy listening on {scheme}://{addr} ({threads} threads)");
+    tokio::spawn(accept(listener, workers));
     Ok(addr)
 }
 
-type ServerBuilder = hyper_util::server::conn::auto::Builder<TokioExecutor>;
+/// Where the accept loop hands a connection to a proxy thread.
+type Handoff = tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
 
-async fn accept(listener: TcpListener, proxy: Arc<Proxy>, builder: ServerBuilder) {
+/// Starts proxy thread `i`: it serves the connections sent to the returned handoff.
+fn worker(i: usize, proxy: Arc<Proxy>) -> std::io::Result<Handoff> {
+    let (handoff, mut connections) = tokio::sync::mpsc::unbounded_channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("mill-proxy-{i}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::spawn(sweep_pool());
+                while let Some((stream, peer)) = connections.recv().await {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => {
+                            tokio::spawn(proxy.clone().serve_tcp(stream, peer));
+                        }
+                        Err(err) => {
+                            tracing::warn!("ingress proxy: cannot serve {peer}: {err}")
+                        }
+                    }
+                }
+            })
+        })?;
+    Ok(handoff)
+}
+
+async fn accept(listener: TcpListener, workers: Vec<Handoff>) {
+    let mut next = 0;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let proxy = proxy.clone();
-                let builder = builder.clone();
-                tokio::spawn(async move { connection(stream, peer, proxy, builder).await });
+                stream.set_nodelay(true).ok();
+                match stream.into_std() {
+                    Ok(stream) => {
+                        // A thread that is gone (it panicked) gets no more connections.
+                        let _ = workers[next % workers.len()].send((stream, peer));
+                        next += 1;
+                    }
+                    Err(err) => tracing::warn!("ingress proxy: cannot serve {peer}: {err}"),
+                }
             }
             Err(err) => {
                 // Out of file descriptors and the like: the next accept may work.
@@ -150,47 +200,13 @@ async fn accept(listener: TcpListener, proxy: Arc<Proxy>, builder: ServerBuilder
     }
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    proxy: Arc<Proxy>,
-    builder: ServerBuilder,
-) {
-    stream.set_nodelay(true).ok();
-    let acceptor = proxy.acceptor.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-    });
-    let served = match acceptor {
-        None => {
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-        }
-        // The HTTPS listener: the TLS handshake before HTTP.
-        Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(tls) => {
-                builder
-                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                    .await
-            }
-            Err(err) => {
-                tracing::debug!("ingress proxy: TLS handshake with {peer}: {err}");
-                return;
-            }
-        },
-    };
-    if let Err(err) = served {
-        tracing::debug!("ingress proxy: connection from {peer}: {err}");
-    }
-}
+type ServerBuilder = hyper_util::server::conn::auto::Builder<TokioExecutor>;
 
 /// The proxy's shared state.
-struct Proxy {
+pub(crate) struct Proxy {
     routing: Routing,
     index: ArcSwap<Index>,
-    client: Client<HttpConnector, UpBody>,
+    server: ServerBuilder,
     knobs: ProxyKnobs,
     metrics: Option<crate::metrics::Metrics>,
     turn: AtomicUsize,
@@ -397,26 +413,55 @@ impl Proxy {
             }
             _ => None,
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.knobs.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_timer(TokioTimer::new())
+        let mut server = ServerBuilder::new(TokioExecutor::new());
+        server
+            .http1()
             .timer(TokioTimer::new())
-            .set_host(false)
-            .build(connector);
+            .header_read_timeout(config.knobs.idle_timeout)
+            .keep_alive(true);
+        server.http2().timer(TokioTimer::new());
         let index = Index::build(routing.load(), config.metrics.as_ref());
         Ok(Proxy {
             routing,
             index: ArcSwap::from_pointee(index),
-            client,
+            server,
             knobs: config.knobs.clone(),
             metrics: config.metrics.clone(),
             turn: AtomicUsize::new(0),
             tls: config.tls.clone(),
             acceptor,
         })
+    }
+
+    /// Serves one accepted TCP connection: after a TLS handshake on the HTTPS listener.
+    async fn serve_tcp(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        match self.acceptor.clone() {
+            None => self.serve_connection(stream, peer).await,
+            Some(acceptor) => match acceptor.accept(stream).await {
+                Ok(tls) => self.serve_connection(tls, peer).await,
+                Err(err) => tracing::debug!("ingress proxy: TLS handshake with {peer}: {err}"),
+            },
+        }
+    }
+
+    /// Serves one client connection until it closes: any byte stream (TCP, TLS) on any
+    /// tokio runtime.
+    pub(crate) async fn serve_connection<I>(self: Arc<Self>, io: I, peer: SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let proxy = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        });
+        let served = self
+            .server
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .await;
+        if let Err(err) = served {
+            tracing::debug!("ingress proxy: connection from {peer}: {err}");
+        }
     }
 
     /// The index of the current table, rebuilt if the table changed.
@@ -431,14 +476,21 @@ impl Proxy {
         fresh
     }
 
-    /// Whether `backend` is still a backend of `service` in the newest table.
-    fn listed(&self, service: &ServiceRoutes, backend: &Backend) -> bool {
-        let table = self.routing.load();
-        table.services.get(&service.name).is_some_and(|s| {
-            s.backends
-                .iter()
-                .any(|b| Arc::ptr_eq(&b.load, &backend.load))
-        })
+    /// Whether `backend` (of `service` in `table`) is still a backend of `service` in the
+    /// newest table.
+    fn listed(
+        &self,
+        table: &Arc<RoutingTable>,
+        service: &ServiceRoutes,
+        backend: &Backend,
+    ) -> bool {
+        let newest = self.routing.load();
+        Arc::ptr_eq(&newest, table)
+            || newest.services.get(&service.name).is_some_and(|s| {
+                s.backends
+                    .iter()
+                    .any(|b| Arc::ptr_eq(&b.load, &backend.load))
+            })
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
@@ -456,32 +508,28 @@ impl Proxy {
             );
             return response;
         }
-        let raw_host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
-        let Some(raw_host) = raw_host else {
+        let raw_host = match req.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => req.headers().get(header::HOST).cloned(),
+        };
+        let Some(raw_host) = raw_host.filter(|h| h.to_str().is_ok()) else {
             return text(
                 StatusCode::BAD_REQUEST,
                 "the request names no host: send a Host header".into(),
             );
         };
-        let host = normalize_host(&raw_host);
+        let host_text = raw_host.to_str().unwrap_or_default();
+        let host = normalize_host(host_text);
         let index = self.index();
-        let Some(route) = index.find(&host, req.uri().path()).cloned() else {
+        let Some(route) = index.find(&host, req.uri().path()) else {
             return text(
                 StatusCode::NOT_FOUND,
                 format!("no route for {host}{}", req.uri().path()),
             );
         };
-        drop(index);
-        let response = self.forward(req, peer, &raw_host, &route).await;
+        let response = self
+            .forward(req, peer, &raw_host, &index.table, route)
+            .await;
         if let Some(metrics) = &route.metrics {
             metrics.observe(response.status(), began.elapsed());
         }
@@ -492,17 +540,19 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
-        raw_host: &str,
+        raw_host: &HeaderValue,
+        table: &Arc<RoutingTable>,
         route: &RouteEntry,
     ) -> Response<ProxyBody> {
         let service = &route.service;
+        let host_text = raw_host.to_str().unwrap_or_default();
         let websocket = wants_websocket(&req);
         if websocket && !route.websocket {
             return text(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "route {}{} of service {} does not allow WebSocket upgrades (set websocket = true on the route)",
-                    normalize_host(raw_host),
+                    normalize_host(host_text),
                     route.path,
                     service.name.name
                 ),
@@ -518,33 +568,43 @@ impl Proxy {
             );
         }
         let (mut parts, body) = req.into_parts();
+        let downstream = if websocket {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
-        strip_hop_by_hop(&mut parts.headers);
-        forwarded_headers(&mut parts.headers, peer, raw_host);
+        let mut headers = std::mem::take(&mut parts.headers);
+        strip_hop_by_hop(&mut headers);
+        forwarded_headers(&mut headers, peer, host_text);
         if self.acceptor.is_some() {
             static PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-            parts
-                .headers
-                .insert(PROTO.clone(), HeaderValue::from_static("https"));
+            headers.insert(PROTO.clone(), HeaderValue::from_static("https"));
         }
-        if !parts.headers.contains_key(header::HOST) {
-            if let Ok(value) = HeaderValue::from_str(raw_host) {
-                parts.headers.insert(header::HOST, value);
-            }
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, raw_host.clone());
         }
         if let (true, Some(value)) = (websocket, upgrade_value) {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, value);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, value);
         }
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string();
-        let body = UpSource::new(body);
+        // Backends get the origin form (`/path?query`), also of absolute-form and HTTP/2
+        // requests.
+        let uri = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+            std::mem::take(&mut parts.uri)
+        } else {
+            match parts.uri.path_and_query() {
+                Some(pq) => Uri::from(pq.clone()),
+                None => Uri::from_static("/"),
+            }
+        };
         let retry_after_send = idempotent(&parts.method);
+        let mut head = Some(Head {
+            method: parts.method,
+            uri,
+            headers,
+        });
+        let body = UpSource::new(body);
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = String::new();
@@ -560,55 +620,28 @@ impl Proxy {
             // Counted first, then checked against the newest table: a backend that left it
             // meanwhile gets nothing new, and one still listed is counted before any
             // barrier answer that could let its drain end.
-            if !self.listed(service, backend) {
+            if !self.listed(table, service, backend) {
                 drop(in_flight);
                 last_error = format!("{} left the routing table", backend.alloc.name);
                 continue;
             }
-            let uri: Uri = match format!("http://{}{path}", backend.address).parse() {
-                Ok(uri) => uri,
-                Err(err) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot forward the request path {path:?}: {err}"),
-                    )
+            // Keep a copy only if a failure after sending may be retried elsewhere.
+            let keep = retry_after_send && attempt + 1 < attempts;
+            match self
+                .exchange(backend, &mut head, keep, &body, attempt)
+                .await
+            {
+                Exchange::Answered(response, sender) => {
+                    return respond(response, in_flight, backend, sender, &body, downstream)
                 }
-            };
-            let last = attempt + 1 == attempts;
-            let mut upstream = Request::new(body.attempt(attempt));
-            *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = uri;
-            *upstream.version_mut() = Version::HTTP_11;
-            *upstream.headers_mut() = if last {
-                std::mem::take(&mut parts.headers)
-            } else {
-                parts.headers.clone()
-            };
-            let sent =
-                tokio::time::timeout(self.knobs.response_timeout, self.client.request(upstream));
-            match sent.await {
-                Ok(Ok(response)) => {
-                    return self.respond(response, in_flight, backend, websocket, &mut parts)
-                }
-                Ok(Err(err)) if err.is_connect() => {
-                    tracing::debug!(
-                        "ingress proxy: cannot connect to {}: {err}",
-                        backend.address
-                    );
-                    last_error = format!(
-                        "cannot connect to {}: {}",
-                        backend.alloc.name,
-                        source_chain(&err)
-                    );
-                }
-                Ok(Err(err)) => {
-                    tracing::debug!("ingress proxy: {} failed: {err}", backend.address);
-                    last_error = format!("{} failed: {}", backend.alloc.name, source_chain(&err));
-                    if !(retry_after_send && body.replayable()) {
+                Exchange::NotSent(error) => last_error = error,
+                Exchange::Failed(error) => {
+                    last_error = error;
+                    if !(retry_after_send && body.replayable()) || head.is_none() {
                         break;
                     }
                 }
-                Err(_) => {
+                Exchange::TimedOut => {
                     return text(
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
@@ -625,57 +658,265 @@ impl Proxy {
         )
     }
 
-    /// The client's answer from the backend's; a 101 to a WebSocket request starts the
-    /// tunnel.
-    fn respond(
+    /// One request to one backend, on a pooled connection of this thread or a new one.
+    /// `head` is taken (copied if `keep`) and put back when the request was not sent.
+    async fn exchange(
         &self,
-        mut response: Response<Incoming>,
-        in_flight: InFlight,
         backend: &Backend,
-        websocket: bool,
-        parts: &mut http::request::Parts,
-    ) -> Response<ProxyBody> {
-        if websocket && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let upstream = hyper::upgrade::on(&mut response);
-            let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-            let (mut head, _) = response.into_parts();
-            let upgrade = head.headers.get(header::UPGRADE).cloned();
-            strip_hop_by_hop(&mut head.headers);
-            if let Some(value) = upgrade {
-                head.headers
-                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                head.headers.insert(header::UPGRADE, value);
-            }
-            let address = backend.address;
-            tokio::spawn(async move {
-                let _in_flight = in_flight;
-                let Some(downstream) = downstream else {
-                    return;
-                };
-                match tokio::try_join!(downstream, upstream) {
-                    Ok((client, server)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut server = TokioIo::new(server);
-                        if let Err(err) =
-                            tokio::io::copy_bidirectional(&mut client, &mut server).await
-                        {
-                            tracing::debug!("ingress proxy: WebSocket to {address}: {err}");
+        head: &mut Option<Head>,
+        keep: bool,
+        body: &UpSource,
+        attempt: usize,
+    ) -> Exchange {
+        // A pooled connection the backend closed meanwhile takes nothing: then once more
+        // on a new one.
+        let mut pooled = true;
+        loop {
+            let sender = match pooled.then(|| checkout(backend)).flatten() {
+                Some(mut sender) => match sender.ready().await {
+                    Ok(()) => Some(sender),
+                    Err(_) => continue,
+                },
+                None => None,
+            };
+            let reused = sender.is_some();
+            let mut sender = match sender {
+                Some(sender) => sender,
+                None => match self.connect(backend).await {
+                    Ok(sender) => sender,
+                    Err(error) => return Exchange::NotSent(error),
+                },
+            };
+            pooled = false;
+            let Some(taken) = (if keep { head.clone() } else { head.take() }) else {
+                return Exchange::Failed(format!("{} failed", backend.alloc.name));
+            };
+            let mut request = Request::new(body.attempt(attempt));
+            *request.method_mut() = taken.method;
+            *request.uri_mut() = taken.uri;
+            *request.version_mut() = Version::HTTP_11;
+            *request.headers_mut() = taken.headers;
+            let sent = tokio::time::timeout(
+                self.knobs.response_timeout,
+                sender.try_send_request(request),
+            );
+            match sent.await {
+                Ok(Ok(response)) => return Exchange::Answered(response, sender),
+                Ok(Err(mut err)) => {
+                    if let Some(request) = err.take_message() {
+                        // Nothing went out: the request is whole again.
+                        let (parts, _) = request.into_parts();
+                        *head = Some(Head {
+                            method: parts.method,
+                            uri: parts.uri,
+                            headers: parts.headers,
+                        });
+                        let err = err.into_error();
+                        tracing::debug!("ingress proxy: {} took nothing: {err}", backend.address);
+                        if reused {
+                            continue;
                         }
+                        return Exchange::NotSent(format!(
+                            "{} failed: {}",
+                            backend.alloc.name,
+                            source_chain(&err)
+                        ));
                     }
-                    Err(err) => tracing::debug!("ingress proxy: WebSocket to {address}: {err}"),
+                    let err = err.into_error();
+                    tracing::debug!("ingress proxy: {} failed: {err}", backend.address);
+                    return Exchange::Failed(format!(
+                        "{} failed: {}",
+                        backend.alloc.name,
+                        source_chain(&err)
+                    ));
                 }
-            });
-            return Response::from_parts(head, ProxyBody::Full(None));
+                Err(_) => return Exchange::TimedOut,
+            }
         }
-        let (mut head, body) = response.into_parts();
-        strip_hop_by_hop(&mut head.headers);
-        Response::from_parts(
-            head,
-            ProxyBody::Upstream {
-                body,
-                in_flight: Some(in_flight),
-            },
+    }
+
+    /// A new HTTP/1.1 connection to `backend`, driven by a task of its own on this thread.
+    async fn connect(&self, backend: &Backend) -> Result<up::SendRequest<UpBody>, String> {
+        let cannot = |err: &dyn std::fmt::Display| {
+            tracing::debug!(
+                "ingress proxy: cannot connect to {}: {err}",
+                backend.address
+            );
+            format!("cannot connect to {}: {err}", backend.alloc.name)
+        };
+        let stream = match tokio::time::timeout(
+            self.knobs.connect_timeout,
+            TcpStream::connect(backend.address),
         )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => return Err(cannot(&err)),
+            Err(_) => {
+                return Err(cannot(&format_args!(
+                    "no answer within {:?}",
+                    self.knobs.connect_timeout
+                )))
+            }
+        };
+        stream.set_nodelay(true).ok();
+        let (sender, connection) = up::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| cannot(&source_chain(&err)))?;
+        let address = backend.address;
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!("ingress proxy: connection to {address}: {err}");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// What one request to one backend came to.
+enum Exchange {
+    /// A response head (and the connection, for the pool).
+    Answered(Response<Incoming>, up::SendRequest<UpBody>),
+    /// Nothing was sent (connect failed, or the connection took nothing).
+    NotSent(String),
+    /// Sent, at least in part, and no response head.
+    Failed(String),
+    /// No response head within the response timeout.
+    TimedOut,
+}
+
+/// The request line and headers of a forwarded request.
+#[derive(Clone)]
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+/// The client's answer from the backend's; a 101 to a WebSocket request starts the
+/// tunnel.
+fn respond(
+    mut response: Response<Incoming>,
+    in_flight: InFlight,
+    backend: &Backend,
+    sender: up::SendRequest<UpBody>,
+    body: &UpSource,
+    downstream: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    if downstream.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut response);
+        let (mut head, _) = response.into_parts();
+        let upgrade = head.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut head.headers);
+        if let Some(value) = upgrade {
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            head.headers.insert(header::UPGRADE, value);
+        }
+        let address = backend.address;
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            let Some(downstream) = downstream else {
+                return;
+            };
+            match tokio::try_join!(downstream, upstream) {
+                Ok((client, server)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut server = TokioIo::new(server);
+                    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut server).await
+                    {
+                        tracing::debug!("ingress proxy: WebSocket to {address}: {err}");
+                    }
+                }
+                Err(err) => tracing::debug!("ingress proxy: WebSocket to {address}: {err}"),
+            }
+        });
+        return Response::from_parts(head, ProxyBody::Full(None));
+    }
+    let (mut head, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    Response::from_parts(
+        head,
+        ProxyBody::Upstream(UpstreamBody {
+            body: incoming,
+            in_flight: Some(in_flight),
+            reuse: Some(Reuse {
+                sender,
+                address: backend.address,
+                load: backend.load.clone(),
+                sent: body.sent_flag(),
+            }),
+        }),
+    )
+}
+
+/// Idle upstream connections of this thread.
+struct Idle {
+    address: SocketAddr,
+    load: Arc<Load>,
+    sender: up::SendRequest<UpBody>,
+    since: Instant,
+}
+
+/// The most idle upstream connections one proxy thread keeps.
+const POOL_MAX: usize = 256;
+
+thread_local! {
+    /// Each proxy thread pools its own upstream connections: checking one out takes no
+    /// lock and its connection task runs on the same thread.
+    static POOL: std::cell::RefCell<Vec<Idle>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An idle connection to `backend` (the same alloc at the same address), newest first.
+fn checkout(backend: &Backend) -> Option<up::SendRequest<UpBody>> {
+    POOL.with_borrow_mut(|pool| {
+        let now = Instant::now();
+        while let Some(at) = pool
+            .iter()
+            .rposition(|i| i.address == backend.address && Arc::ptr_eq(&i.load, &backend.load))
+        {
+            let idle = pool.swap_remove(at);
+            if !idle.sender.is_closed() && now.duration_since(idle.since) < POOL_IDLE {
+                return Some(idle.sender);
+            }
+        }
+        None
+    })
+}
+
+fn checkin(reuse: Reuse) {
+    if reuse.sender.is_closed() {
+        return;
+    }
+    POOL.with_borrow_mut(|pool| {
+        if pool.len() >= POOL_MAX {
+            pool.remove(0);
+        }
+        pool.push(Idle {
+            address: reuse.address,
+            load: reuse.load,
+            sender: reuse.sender,
+            since: Instant::now(),
+        });
+    });
+}
+
+/// Closes this thread's upstream connections idle longer than [`POOL_IDLE`], forever.
+async fn sweep_pool() {
+    let mut every = tokio::time::interval(POOL_IDLE / 4);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = Instant::now();
+        let expired: Vec<Idle> = POOL.with_borrow_mut(|pool| {
+            let (keep, expired) = std::mem::take(pool)
+                .into_iter()
+                .partition(|i| !i.sender.is_closed() && now.duration_since(i.since) < POOL_IDLE);
+            *pool = keep;
+            expired
+        });
+        drop(expired);
     }
 }
 
@@ -733,6 +974,8 @@ struct Shared {
     owner: AtomicUsize,
     /// Whether a frame of it went out.
     started: AtomicBool,
+    /// Whether all of it went out.
+    finished: AtomicBool,
 }
 
 impl UpSource {
@@ -742,6 +985,7 @@ impl UpSource {
                 body: Mutex::new(body),
                 owner: AtomicUsize::new(0),
                 started: AtomicBool::new(false),
+                finished: AtomicBool::new(false),
             })
         });
         UpSource { body }
@@ -764,6 +1008,11 @@ impl UpSource {
         self.body
             .as_ref()
             .is_none_or(|s| !s.started.load(Ordering::SeqCst))
+    }
+
+    /// What tells whether the body went out in full (nothing: there was none).
+    fn sent_flag(&self) -> Option<Arc<Shared>> {
+        self.body.clone()
     }
 }
 
@@ -793,7 +1042,11 @@ impl Body for UpBody {
                         shared.started.store(true, Ordering::SeqCst);
                         Poll::Ready(Some(frame.map_err(Into::into)))
                     }
-                    other => other.map(|f| f.map(|f| f.map_err(Into::into))),
+                    Poll::Ready(None) => {
+                        shared.finished.store(true, Ordering::SeqCst);
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
             }
         }
@@ -818,18 +1071,55 @@ impl Body for UpBody {
     }
 }
 
-/// The body of the client's answer: the backend's, holding its in-flight count until it
-/// ends, or the proxy's own.
-pub enum ProxyBody {
+/// The body of the client's answer: the backend's, or the proxy's own.
+enum ProxyBody {
     /// From the backend.
-    Upstream {
-        /// The backend's body.
-        body: Incoming,
-        /// Released when the body ends.
-        in_flight: Option<InFlight>,
-    },
+    Upstream(UpstreamBody),
     /// The proxy's own (or empty).
     Full(Option<Bytes>),
+}
+
+/// A backend's response body: holds its in-flight count until it ends, then gives the
+/// connection back to the thread's pool (if the request went out in full, so the
+/// connection is free for the next one).
+struct UpstreamBody {
+    body: Incoming,
+    in_flight: Option<InFlight>,
+    reuse: Option<Reuse>,
+}
+
+/// What a finished response gives back to the pool.
+struct Reuse {
+    sender: up::SendRequest<UpBody>,
+    address: SocketAddr,
+    load: Arc<Load>,
+    /// The request body's state (none: it had none).
+    sent: Option<Arc<Shared>>,
+}
+
+impl UpstreamBody {
+    /// The body ended: the backend is done with this request.
+    fn finish(&mut self) {
+        self.in_flight.take();
+        if let Some(reuse) = self.reuse.take() {
+            let sent = reuse
+                .sent
+                .as_ref()
+                .is_none_or(|s| s.finished.load(Ordering::SeqCst));
+            if sent {
+                checkin(reuse);
+            }
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper may drop a body it knows has ended without polling it to the end.
+        if self.body.is_end_stream() {
+            self.finish();
+        }
+    }
 }
 
 impl Body for ProxyBody {
@@ -841,10 +1131,15 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, in_flight } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &polled {
-                    in_flight.take();
+            ProxyBody::Upstream(up) => {
+                let polled = Pin::new(&mut up.body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => up.finish(),
+                    Poll::Ready(Some(Err(_))) => {
+                        up.in_flight.take();
+                        up.reuse.take();
+                    }
+                    _ => {}
                 }
                 polled.map(|f| f.map(|f| f.map_err(Into::into)))
             }
@@ -854,14 +1149,14 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Upstream(up) => up.body.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Upstream(up) => up.body.size_hint(),
             ProxyBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
