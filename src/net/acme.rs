@@ -87,14 +87,16 @@ pub struct AcmeConfig {
     pub knobs: AcmeKnobs,
 }
 
-/// Whether `host` can get a certificate from a public ACME CA.
+/// Whether `host` can get a certificate from a public ACME CA (and its Secrets' names
+/// stay valid).
 pub fn acme_host(host: &str) -> bool {
     let host = host.trim_end_matches('.');
     let internal = [".mill", ".localhost", ".local", ".internal", ".invalid"];
     host.parse::<std::net::IpAddr>().is_err()
         && host.contains('.')
         && !host.starts_with('*')
-        && host.len() <= 253
+        // "acme-http01-" + host must still be a Secret name (≤ 253).
+        && host.len() <= 240
         && !internal.iter().any(|suffix| host.ends_with(suffix))
         && host
             .split('.')
@@ -571,6 +573,7 @@ mod tests {
         for host in ["app.example.com", "a-b.example.org.", "x.y.z.test"] {
             assert!(acme_host(host), "{host}");
         }
+        let long = format!("{}.example.com", vec!["a".repeat(60); 4].join("."));
         for host in [
             "localhost",
             "web.mill",
@@ -582,6 +585,7 @@ mod tests {
             "bad_name.example.com",
             "a..b",
             "printer.local",
+            long.as_str(),
         ] {
             assert!(!acme_host(host), "{host}");
         }
