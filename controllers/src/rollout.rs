@@ -195,11 +195,12 @@ fn plan_service(service: &Service, allocs: &[&Alloc], step: &Step) -> Vec<Action
         .finalizers
         .as_ref()
         .is_some_and(|f| f.iter().any(|f| f == SERVICE_FINALIZER));
+    let mut barrier = Passed::default();
     for alloc in allocs {
         if alloc.spec.desired_state == DesiredState::Running && view::phase(alloc).is_terminal() {
             actions.push(stop(alloc));
         }
-        route(alloc, step, &mut actions);
+        route(alloc, step, &mut barrier, &mut actions);
     }
     if service.metadata.deletion_timestamp.is_some() {
         remove(allocs, &mut actions);
@@ -282,7 +283,7 @@ fn plan_service(service: &Service, allocs: &[&Alloc], step: &Step) -> Vec<Action
         target.failure = Some(failure);
     }
 
-    replace_and_scale(service, allocs, &target, &mut actions);
+    replace_and_scale(service, allocs, &target, &barrier, &mut actions);
 
     let complete = allocs.iter().all(|a| {
         view::phase(a).is_terminal() || (a.spec.revision == target.revision && !a.spec.evict)
@@ -331,33 +332,63 @@ fn drain(alloc: &Alloc) -> Action {
     }
 }
 
+/// What the routing barrier let this plan do, so the replacement step can go on in the
+/// same plan instead of waiting for its own writes to come back: allocs marked routed
+/// now (every live node routes them already) and drained ones stopped now.
+#[derive(Default)]
+struct Passed<'a> {
+    routed: Vec<&'a Alloc>,
+    stopped: Vec<&'a Alloc>,
+}
+
+impl Passed<'_> {
+    fn routed(&self, alloc: &Alloc) -> bool {
+        self.routed.iter().any(|a| std::ptr::eq(*a, alloc))
+    }
+
+    fn stopped(&self, alloc: &Alloc) -> bool {
+        self.stopped.iter().any(|a| std::ptr::eq(*a, alloc))
+    }
+}
+
 /// The routing barrier for one alloc: mark it routed or unrouted once every live node has
-/// applied its state, and stop a drained one when its requests are done.
-fn route(alloc: &Alloc, step: &Step, actions: &mut Vec<Action>) {
+/// applied its state, and stop a drained one when its requests are done. The in-flight
+/// counts come with the barrier's answers, read after the node applied the revision
+/// asked for: once every live node has applied an alloc's draining, no new request can
+/// reach it, so no request in flight in those answers means it is drained, and it is
+/// stopped in the same plan that marks it unrouted.
+fn route<'a>(alloc: &'a Alloc, step: &Step, passed: &mut Passed<'a>, actions: &mut Vec<Action>) {
     if !is_active(alloc) {
         return;
     }
     let key = ObjectKey::of(&alloc.metadata);
     let applied = step.applied >= view::resource_version(&alloc.metadata);
+    let idle = step.in_flight.get(&key).copied().unwrap_or(0) == 0;
     if alloc.spec.draining {
         match view::condition(alloc, ROUTED) {
             Some(c) if c.status == "False" => {
                 let since = c.last_transition_time.as_ref().map_or(step.now, |t| t.0);
-                let idle = step.in_flight.get(&key).copied().unwrap_or(0) == 0;
                 if idle || view::elapsed(since, step.now) >= step.knobs.drain_grace {
                     actions.push(stop(alloc));
+                    passed.stopped.push(alloc);
                 }
             }
-            _ if applied => actions.push(Action::SetAllocConditions {
-                alloc: key,
-                conditions: view::with_condition(
-                    alloc,
-                    ROUTED,
-                    "False",
-                    Some("taken out of routing on every live node".to_string()),
-                    step.now,
-                ),
-            }),
+            _ if applied => {
+                actions.push(Action::SetAllocConditions {
+                    alloc: key,
+                    conditions: view::with_condition(
+                        alloc,
+                        ROUTED,
+                        "False",
+                        Some("taken out of routing on every live node".to_string()),
+                        step.now,
+                    ),
+                });
+                if idle {
+                    actions.push(stop(alloc));
+                    passed.stopped.push(alloc);
+                }
+            }
             _ => {}
         }
     } else if view::phase(alloc) == AllocPhase::Healthy
@@ -374,6 +405,7 @@ fn route(alloc: &Alloc, step: &Step, actions: &mut Vec<Action>) {
                 step.now,
             ),
         });
+        passed.routed.push(alloc);
     }
 }
 
@@ -471,15 +503,19 @@ fn fail(
 }
 
 /// Surge-first replacement of old and evicted allocs, scaling, and refilling lost slots.
+/// Allocs the barrier step of this plan marked routed count as routed, and drained ones
+/// it stopped no longer count as in flight: their writes come first in the plan.
 fn replace_and_scale(
     service: &Service,
     allocs: &[&Alloc],
     target: &Revision,
+    passed: &Passed,
     actions: &mut Vec<Action>,
 ) {
     let replicas = replicas(service);
     let max_parallel = usize::try_from(service.spec.update.max_parallel.max(1)).unwrap_or(1);
     let is_new = |a: &Alloc| a.spec.revision == target.revision && !a.spec.evict;
+    let is_routed = |a: &Alloc| is_routed(a) || passed.routed(a);
     let live: Vec<&Alloc> = allocs
         .iter()
         .copied()
@@ -489,7 +525,7 @@ fn replace_and_scale(
     let mut old: Vec<&Alloc> = live.iter().copied().filter(|a| !is_new(a)).collect();
     let draining = allocs
         .iter()
-        .filter(|a| is_active(a) && a.spec.draining)
+        .filter(|a| is_active(a) && a.spec.draining && !passed.stopped(a))
         .count();
     let new_unready = new.iter().filter(|a| !is_routed(a)).count();
     let mut routed = live.iter().filter(|a| is_routed(a)).count();

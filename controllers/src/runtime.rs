@@ -223,17 +223,55 @@ struct Loop {
 
 type ProbeDone = (ObjectKey, ProbeResult, Timestamp);
 
+/// The tracing target of the rollout's timeline: one debug event per step (writes, probe
+/// results, barrier progress), for `benches/rollout.rs` to collect with
+/// `RUST_LOG=mill::timeline=debug`.
+pub const TIMELINE: &str = "mill::timeline";
+
+/// An action in a few words: its kind and object.
+fn summary(action: &Action) -> String {
+    match action {
+        Action::CreateAlloc(new) => format!("create-alloc {}", new.key.name),
+        Action::PlaceAlloc { alloc, .. } => format!("place {}", alloc.name),
+        Action::SetDesiredState { alloc, state } => format!("desired-{state:?} {}", alloc.name),
+        Action::SetDraining { alloc, draining } => format!("draining={draining} {}", alloc.name),
+        Action::Evict { alloc } => format!("evict {}", alloc.name),
+        Action::SetAllocPhase { alloc, phase, .. } => format!("phase-{phase:?} {}", alloc.name),
+        Action::SetAllocConditions { alloc, conditions } => {
+            let conditions: Vec<String> = conditions
+                .iter()
+                .map(|c| format!("{}={}", c.type_, c.status))
+                .collect();
+            format!("conditions[{}] {}", conditions.join(","), alloc.name)
+        }
+        Action::DeleteAlloc { alloc } => format!("delete-alloc {}", alloc.name),
+        Action::WriteServiceStatus { service, .. } => format!("service-status {}", service.name),
+        Action::SetServiceTemplate { service, .. } => format!("service-template {}", service.name),
+        Action::AddServiceFinalizer { service } => format!("add-finalizer {}", service.name),
+        Action::RemoveServiceFinalizer { service } => format!("remove-finalizer {}", service.name),
+        Action::SetNodeState { node, .. } => format!("node-state {node}"),
+        Action::WriteDeployStatus { deploy, .. } => format!("deploy-status {}", deploy.name),
+        Action::DeleteDeploy { deploy } => format!("delete-deploy {}", deploy.name),
+    }
+}
+
 impl Loop {
     async fn run(&mut self) {
         self.caches.ready().await;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ProbeDone>();
         let mut previous: Vec<Action> = Vec::new();
+        let mut last_applied = 0;
         loop {
             while let Ok((key, result, at)) = done_rx.try_recv() {
                 self.record(key, &result, at);
             }
             let mut view = self.caches.view();
             view.routing = self.barrier.routing(&view);
+            let applied = view.routing.applied_everywhere(&view.nodes);
+            if applied != last_applied {
+                tracing::debug!(target: TIMELINE, "barrier: every live node applied {applied}");
+                last_applied = applied;
+            }
             let now = Timestamp::now();
             let health = health::plan(&view, &self.probes, now, &self.knobs);
             self.probes.retain(|key, _| {
@@ -262,7 +300,16 @@ impl Loop {
             self.metrics.reconciled(actions.len());
             previous.clone_from(&actions);
             let written = self.writer.apply(&view, actions).await;
+            let began = std::time::Instant::now();
             self.see(&written).await;
+            if !written.is_empty() {
+                tracing::debug!(
+                    target: TIMELINE,
+                    "saw {} own writes after {:.1} ms",
+                    written.len(),
+                    began.elapsed().as_secs_f64() * 1000.0
+                );
+            }
             let wait = health
                 .next_wake
                 .map(|at| crate::view::elapsed(Timestamp::now(), at))
@@ -278,6 +325,7 @@ impl Loop {
     }
 
     fn record(&mut self, key: ObjectKey, result: &ProbeResult, at: Timestamp) {
+        tracing::debug!(target: TIMELINE, "probe {} made at {at}: {result:?}", key.name);
         self.probing.remove(&key);
         let started_at = self
             .caches
@@ -378,11 +426,80 @@ impl Writer {
         Writer { client, metrics }
     }
 
-    /// Applies `actions` in order; returns the writes made.
+    /// Applies `actions`; returns the writes made. The Deploy status writes (the event
+    /// logs: each derived from the View alone, each on its own object, nothing else in
+    /// the plan depends on them) go concurrently with the rest, so the store commits
+    /// them in the same Raft entries instead of after; the rest go in order.
     async fn apply(&self, view: &View, actions: Vec<Action>) -> Vec<Written> {
+        let (logs, ordered): (Vec<Action>, Vec<Action>) = actions
+            .into_iter()
+            .partition(|a| matches!(a, Action::WriteDeployStatus { .. }));
+        let logs = futures::future::join_all(logs.into_iter().map(|action| async move {
+            let began = std::time::Instant::now();
+            let outcome = self.apply_one(view, &action).await;
+            tracing::debug!(
+                target: TIMELINE,
+                "write {} took {:.1} ms",
+                summary(&action),
+                began.elapsed().as_secs_f64() * 1000.0
+            );
+            match outcome {
+                Ok(Outcome::Wrote(w)) => Some(w),
+                Ok(Outcome::Nothing | Outcome::Conflict) => None,
+                Err(err) => {
+                    self.metrics.write_failed();
+                    tracing::warn!("controllers: {action:?} failed: {err}");
+                    None
+                }
+            }
+        }));
+        let (mut written, logs) = futures::join!(self.apply_in_order(view, ordered), logs);
+        written.extend(logs.into_iter().flatten());
+        written
+    }
+
+    /// Applies `actions` in order; a 409 ends the batch. A phase change followed by a
+    /// conditions change of the same alloc (the health planner's transitions) is one
+    /// write: one Raft commit instead of two, with the conditions' precondition.
+    async fn apply_in_order(&self, view: &View, actions: Vec<Action>) -> Vec<Written> {
         let mut written = Vec::new();
-        for action in actions {
-            match self.apply_one(view, &action).await {
+        let mut actions = actions.into_iter().peekable();
+        while let Some(action) = actions.next() {
+            let began = std::time::Instant::now();
+            let merged = match (&action, actions.peek()) {
+                (
+                    Action::SetAllocPhase {
+                        alloc,
+                        phase,
+                        reason,
+                    },
+                    Some(Action::SetAllocConditions {
+                        alloc: same,
+                        conditions,
+                    }),
+                ) if alloc == same => Some(json!({
+                    "phase": phase, "reason": reason, "conditions": conditions,
+                })),
+                _ => None,
+            };
+            let (outcome, what) = match merged {
+                Some(status) => {
+                    let next = actions.next();
+                    let what = format!(
+                        "{} + {}",
+                        summary(&action),
+                        next.as_ref().map(summary).unwrap_or_default()
+                    );
+                    (self.write_alloc_status(view, &action, status).await, what)
+                }
+                None => (self.apply_one(view, &action).await, summary(&action)),
+            };
+            tracing::debug!(
+                target: TIMELINE,
+                "write {what} took {:.1} ms",
+                began.elapsed().as_secs_f64() * 1000.0
+            );
+            match outcome {
                 Ok(Outcome::Wrote(w)) => written.push(w),
                 Ok(Outcome::Nothing) => {}
                 Ok(Outcome::Conflict) => break,
@@ -540,6 +657,27 @@ impl Writer {
             }
         };
         Ok(outcome)
+    }
+
+    /// Merge-patches `status` into the status of `action`'s alloc, with the observed
+    /// resourceVersion as precondition.
+    async fn write_alloc_status(
+        &self,
+        view: &View,
+        action: &Action,
+        status: serde_json::Value,
+    ) -> Result<Outcome, kube::Error> {
+        let Action::SetAllocPhase { alloc, .. } = action else {
+            return Ok(Outcome::Nothing);
+        };
+        let Some(observed) = find(&view.allocs, alloc) else {
+            return Ok(Outcome::Nothing);
+        };
+        let patch = json!({
+            "metadata": {"resourceVersion": observed.metadata.resource_version},
+            "status": status,
+        });
+        self.patch_alloc(alloc, &patch, true).await
     }
 
     async fn patch_alloc(
