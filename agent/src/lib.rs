@@ -178,6 +178,7 @@ async fn run(
                     let Some(alloc) = by_uid.get(&uid) else {
                         continue;
                     };
+                    tracing::debug!(target: status::TIMELINE, "agent starts {}", alloc.name_any());
                     let (stop, stop_rx) = watch::channel(false);
                     tokio::spawn(supervisor::supervise(
                         ctx.clone(),
@@ -198,6 +199,11 @@ async fn run(
                     );
                 }
                 Action::Stop(uid) => {
+                    tracing::debug!(
+                        target: status::TIMELINE,
+                        "agent stops {}",
+                        by_uid.get(&uid).map(|a| a.name_any()).unwrap_or_default()
+                    );
                     if let Some(h) = handles.get_mut(&uid) {
                         h.stop.send_replace(true);
                         h.supervised.stopping = true;

@@ -7,6 +7,9 @@ use kube::{Api, ResourceExt};
 use mill_crds::Alloc;
 use serde_json::json;
 
+/// The tracing target of the rollout's timeline (`benches/rollout.rs` collects it).
+pub const TIMELINE: &str = "mill::timeline";
+
 /// Attempts per status write before giving up (the next write or resync corrects it).
 const ATTEMPTS: u32 = 3;
 
@@ -23,12 +26,21 @@ pub async fn write_alloc(ctx: &Ctx, alloc: &Alloc, status: serde_json::Value) {
     let api: Api<Alloc> = Api::namespaced(ctx.client.clone(), &namespace);
     let name = alloc.name_any();
     let patch = json!({ "status": status });
+    let began = std::time::Instant::now();
     for attempt in 1..=ATTEMPTS {
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => return,
+            Ok(_) => {
+                tracing::debug!(
+                    target: TIMELINE,
+                    "agent status {name} {} took {:.1} ms",
+                    patch["status"]["phase"],
+                    began.elapsed().as_secs_f64() * 1000.0
+                );
+                return;
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => return,
             Err(e) if attempt == ATTEMPTS => {
                 tracing::warn!("cannot write the status of alloc {namespace}/{name}: {e}");

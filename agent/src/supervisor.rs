@@ -71,7 +71,8 @@ pub async fn supervise(
     let uid = alloc.metadata.uid.clone().unwrap_or_default();
     let mut sup = Supervisor::new(ctx, alloc);
     let outcome = sup.lifecycle(start, stop).await;
-    sup.cleanup().await;
+    // The terminal phase is written as soon as the container has exited; removing it comes
+    // after (the port stays claimed until `done`), so the rollout does not wait for it.
     let now = status::now();
     let patch = match outcome {
         // A failure verdict a controller wrote (e.g. a task timeout) stands.
@@ -87,6 +88,8 @@ pub async fn supervise(
     };
     sup.status(patch).await;
     sup.task_ended();
+    sup.cleanup().await;
+    sup.step("cleaned up");
     let _ = done.send(uid);
 }
 
@@ -322,9 +325,21 @@ impl Supervisor {
             }
             Err(e) => return Err(Outcome::Failed(format!("image unusable: {e}"), None)),
         };
-        self.status(json!({"phase": AllocPhase::Starting})).await;
+        self.step("image resolved");
+        // `starting` is written while the container is made; the next status write
+        // (running, or failed) waits for it, so the phases stay in order.
+        let starting = self.status(json!({"phase": AllocPhase::Starting}));
+        let (_, created) = tokio::join!(starting, self.prepare(&image_name, &unpacked));
+        created?;
+        self.step("container created");
+        self.start_task().await
+    }
+
+    /// The runtime spec, root filesystem and container record of a fresh start.
+    async fn prepare(&self, image_name: &str, unpacked: &Unpacked) -> Result<(), Outcome> {
+        let rt = &self.ctx.runtime;
         let spec = self
-            .runtime_spec(&unpacked)
+            .runtime_spec(unpacked)
             .await
             .map_err(|e| Outcome::Failed(e, None))?;
         let failed = |what: &str, e: RuntimeError| Outcome::Failed(format!("{what}: {e}"), None);
@@ -337,11 +352,10 @@ impl Supervisor {
             .await
             .map_err(|e| failed("cannot take a containerd lease", e))?;
         let created = self
-            .create_container(&lease, &image_name, &unpacked.chain_id, spec)
+            .create_container(&lease, image_name, &unpacked.chain_id, spec)
             .await;
         rt.lease_delete(&lease).await;
-        created?;
-        self.start_task().await
+        created
     }
 
     /// The alloc's root filesystem snapshot and container record, made under `lease`.
@@ -400,6 +414,7 @@ impl Supervisor {
         self.ctx.logs.follow(&self.namespace, &name);
         rt.task_start(&self.id).await.map_err(failed)?;
         self.started.get_or_insert_with(jiff::Timestamp::now);
+        self.step("task started");
         let phase = if self.alloc.spec.template.health.is_some() {
             AllocPhase::Running
         } else {
@@ -436,18 +451,23 @@ impl Supervisor {
         }
     }
 
-    /// SIGTERM, then SIGKILL after the stop grace.
+    /// SIGTERM, then SIGKILL after the stop grace; `stopping` is written while the
+    /// container exits (the terminal phase comes after it).
     async fn stop_gracefully(&self) -> Outcome {
-        // A controller's failure verdict (a task timeout) is not overwritten by `stopping`.
-        if !self.failed_by_controller().await {
-            self.status(json!({"phase": AllocPhase::Stopping})).await;
-        }
         let rt = &self.ctx.runtime;
         if let Err(e) = rt.task_kill(&self.id, 15).await {
             tracing::warn!("cannot SIGTERM {}: {e}", self.id);
         }
+        self.step("SIGTERM sent");
+        let stopping = async {
+            // A controller's failure verdict (a task timeout) is not overwritten by `stopping`.
+            if !self.failed_by_controller().await {
+                self.status(json!({"phase": AllocPhase::Stopping})).await;
+            }
+        };
         let grace = self.ctx.config.timings.stop_grace;
-        let exit = match tokio::time::timeout(grace, self.wait_exit()).await {
+        let (_, exited) = tokio::join!(stopping, tokio::time::timeout(grace, self.wait_exit()));
+        let exit = match exited {
             Ok(exit) => exit,
             Err(_) => {
                 tracing::info!("{} ignored SIGTERM for {grace:?}; killing it", self.id);
@@ -455,7 +475,13 @@ impl Supervisor {
                 None
             }
         };
+        self.step("exited");
         Outcome::Stopped(exit.map(|e| e.code as i32))
+    }
+
+    /// One step of the lifecycle on the rollout's timeline.
+    fn step(&self, what: &str) {
+        tracing::debug!(target: status::TIMELINE, "agent {} {what}", self.alloc.name_any());
     }
 
     async fn kill_now(&self) {
