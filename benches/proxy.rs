@@ -1,6 +1,6 @@
 //! The ingress proxy against nginx: `wrk` (64 connections, 2 threads, a 3-byte response)
 //! through mill's proxy and through Debian's nginx configured as a reverse proxy
-//! (`worker_processes` = mill's proxy threads = the daemon runtime's worker threads = the
+//! (`worker_processes` = mill's proxy threads, one single-threaded runtime each = the
 //! cores), both to the same backend (a keep-alive hyper server in this process, one
 //! thread), both setting the same forwarded headers, rounds interleaved in the same run.
 //! Also the backend measured directly, for scale. Needs `wrk` and `nginx` on PATH
@@ -39,6 +39,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (rounds, seconds) = if quick { (1, 3) } else { (3, 10) };
     support::require(&["wrk", "nginx"]);
+    let load_before = loadavg();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let backend = start_backend();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -77,10 +78,12 @@ fn main() {
     }
     stop(&mut nginx);
     drop(node);
+    let load_after = loadavg();
 
     println!(
         "\nproxy: wrk -t{WRK_THREADS} -c{CONNECTIONS} -d{seconds}s, {rounds} interleaved rounds, {threads} proxy threads / nginx workers\n"
     );
+    println!("load average (1, 5, 15 min): {load_before} before, {load_after} after\n");
     println!("| target | requests/s | p50 | p99 | errors |");
     println!("|---|---|---|---|---|");
     let mut medians = Vec::new();
@@ -104,6 +107,13 @@ fn main() {
         mill.rps / nginx.rps,
         mill.p99.as_secs_f64() / nginx.p99.as_secs_f64()
     );
+}
+
+/// The machine's load averages, as `uptime` shows them.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|err| format!("(cannot read /proc/loadavg: {err})"))
 }
 
 /// The round with the median requests/s.

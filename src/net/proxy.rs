@@ -125,23 +125,29 @@ pub struct ProxyConfig {
 /// bound address (useful with port 0).
 ///
 /// The proxy runs on threads of its own, one per core (what nginx's `worker_processes
-/// auto` gets), each a single-threaded tokio runtime: a client connection, its requests
-/// and the upstream connections they use stay on one thread, so a request wakes no other
-/// thread. Accepting happens on the caller's runtime, which hands each connection to the
-/// threads in turn.
+/// auto` gets), each a single-threaded tokio runtime with its own copy of the proxy's
+/// state (route index, turn): a client connection, its requests and the upstream
+/// connections they use stay on one thread, so a request wakes no other thread and writes
+/// no memory another thread uses but its backend's in-flight count and the metrics.
+/// Accepting happens on the caller's runtime, which hands each connection to the threads
+/// in turn.
 pub async fn serve(routing: Routing, config: ProxyConfig) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(config.addr).await?;
     let addr = listener.local_addr()?;
-    let proxy = Arc::new(Proxy::new(routing, &config)?);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let workers = (0..threads)
-        .map(|i| worker(i, proxy.clone()))
+    let proxies = (0..threads)
+        .map(|_| Proxy::new(routing.clone(), &config).map(Arc::new))
         .collect::<std::io::Result<Vec<_>>>()?;
-    let scheme = if proxy.acceptor.is_some() {
+    let scheme = if proxies[0].acceptor.is_some() {
         "https"
     } else {
         "http"
     };
+    let workers = proxies
+        .into_iter()
+        .enumerate()
+        .map(|(i, proxy)| worker(i, proxy))
+        .collect::<std::io::Result<Vec<_>>>()?;
     tracing::info!("ingress proxy listening on {scheme}://{addr} ({threads} threads)");
     tokio::spawn(accept(listener, workers));
     Ok(addr)
@@ -353,6 +359,10 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of a lookup per name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -451,9 +461,12 @@ impl Proxy {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.clone();
+        // Once per connection.
+        let ip = forwarded_ip(peer);
         let service = hyper::service::service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            let ip = ip.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, &ip).await) }
         });
         let served = self
             .server
@@ -466,12 +479,12 @@ impl Proxy {
 
     /// The index of the current table, rebuilt if the table changed.
     fn index(&self) -> Arc<Index> {
-        let table = self.routing.load();
+        let table = self.routing.peek();
         let index = self.index.load_full();
         if Arc::ptr_eq(&index.table, &table) {
             return index;
         }
-        let fresh = Arc::new(Index::build(table, self.metrics.as_ref()));
+        let fresh = Arc::new(Index::build(Arc::clone(&table), self.metrics.as_ref()));
         self.index.store(fresh.clone());
         fresh
     }
@@ -484,7 +497,7 @@ impl Proxy {
         service: &ServiceRoutes,
         backend: &Backend,
     ) -> bool {
-        let newest = self.routing.load();
+        let newest = self.routing.peek();
         Arc::ptr_eq(&newest, table)
             || newest.services.get(&service.name).is_some_and(|s| {
                 s.backends
@@ -493,7 +506,8 @@ impl Proxy {
             })
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    /// One request from a client whose IP (as `X-Forwarded-For` shows it) is `ip`.
+    async fn handle(&self, req: Request<Incoming>, ip: &HeaderValue) -> Response<ProxyBody> {
         let began = Instant::now();
         if let Some(answer) = self
             .tls
@@ -527,9 +541,7 @@ impl Proxy {
                 format!("no route for {host}{}", req.uri().path()),
             );
         };
-        let response = self
-            .forward(req, peer, &raw_host, &index.table, route)
-            .await;
+        let response = self.forward(req, ip, &raw_host, &index.table, route).await;
         if let Some(metrics) = &route.metrics {
             metrics.observe(response.status(), began.elapsed());
         }
@@ -539,7 +551,7 @@ impl Proxy {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        ip: &HeaderValue,
         raw_host: &HeaderValue,
         table: &Arc<RoutingTable>,
         route: &RouteEntry,
@@ -576,7 +588,7 @@ impl Proxy {
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
-        forwarded_headers(&mut headers, peer, host_text);
+        forwarded_headers(&mut headers, ip, raw_host);
         if self.acceptor.is_some() {
             static PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
             headers.insert(PROTO.clone(), HeaderValue::from_static("https"));
@@ -889,7 +901,9 @@ fn checkin(reuse: Reuse) {
     if reuse.sender.is_closed() {
         return;
     }
-    POOL.with_borrow_mut(|pool| {
+    // Not during the thread's teardown (then the connection just closes).
+    let _ = POOL.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
         if pool.len() >= POOL_MAX {
             pool.remove(0);
         }
@@ -932,25 +946,31 @@ fn source_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Sets `X-Forwarded-For` (appended), `-Proto` and `-Host`.
-fn forwarded_headers(headers: &mut HeaderMap, peer: SocketAddr, raw_host: &str) {
+/// A client's IP as `X-Forwarded-For` shows it (IPv4 without its IPv6 mapping).
+fn forwarded_ip(peer: SocketAddr) -> HeaderValue {
+    let ip = peer.ip().to_canonical().to_string();
+    HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Sets `X-Forwarded-For` (`ip` appended), `-Proto` and `-Host`.
+fn forwarded_headers(headers: &mut HeaderMap, ip: &HeaderValue, raw_host: &HeaderValue) {
     static FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
     static PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
     static HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let ip = peer.ip().to_canonical();
-    let mut value = String::new();
-    for previous in headers.get_all(&FOR).iter().filter_map(|v| v.to_str().ok()) {
-        value.push_str(previous);
-        value.push_str(", ");
-    }
-    value.push_str(&ip.to_string());
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(FOR.clone(), value);
-    }
+    let value = if headers.contains_key(&FOR) {
+        let mut value = Vec::new();
+        for previous in headers.get_all(&FOR) {
+            value.extend_from_slice(previous.as_bytes());
+            value.extend_from_slice(b", ");
+        }
+        value.extend_from_slice(ip.as_bytes());
+        HeaderValue::from_bytes(&value).unwrap_or_else(|_| ip.clone())
+    } else {
+        ip.clone()
+    };
+    headers.insert(FOR.clone(), value);
     headers.insert(PROTO.clone(), HeaderValue::from_static("http"));
-    if let Ok(value) = HeaderValue::from_str(raw_host) {
-        headers.insert(HOST.clone(), value);
-    }
+    headers.insert(HOST.clone(), raw_host.clone());
 }
 
 /// The untried backend with the fewest requests in flight; ties in turn.
@@ -1216,11 +1236,9 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.1.1.1"));
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        forwarded_headers(
-            &mut headers,
-            "[::ffff:127.0.0.2]:5000".parse().unwrap(),
-            "a.test:80",
-        );
+        let ip = forwarded_ip("[::ffff:127.0.0.2]:5000".parse().unwrap());
+        assert_eq!(ip, "127.0.0.2");
+        forwarded_headers(&mut headers, &ip, &HeaderValue::from_static("a.test:80"));
         assert_eq!(headers["x-forwarded-for"], "10.1.1.1, 127.0.0.2");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "a.test:80");

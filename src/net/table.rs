@@ -135,6 +135,12 @@ impl Routing {
         self.table.load_full()
     }
 
+    /// The current table without touching its reference count, which every thread
+    /// shares: for a quick look on a hot path (hold it briefly, never across an await).
+    pub fn peek(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
+        self.table.load()
+    }
+
     /// A receiver that sees every new table's revision.
     pub fn changes(&self) -> watch::Receiver<Rv> {
         self.revision.clone()
