@@ -101,6 +101,7 @@ pub async fn run_routed(
         pacing,
         wake,
         probes: BTreeMap::new(),
+        heard: nodes::Heard::default(),
         probing: BTreeSet::new(),
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -217,6 +218,7 @@ struct Loop {
     pacing: Pacing,
     wake: Arc<Notify>,
     probes: BTreeMap<ObjectKey, ProbeState>,
+    heard: nodes::Heard,
     probing: BTreeSet<ObjectKey>,
     http: reqwest::Client,
 }
@@ -289,7 +291,8 @@ impl Loop {
             actions.extend(health.actions);
             actions.extend(scheduler::plan(&view, now, &self.knobs));
             actions.extend(rollout::plan(&view, now, &self.knobs));
-            actions.extend(nodes::plan(&view, now, &self.knobs));
+            self.heard.observe(&view, now);
+            actions.extend(nodes::plan(&view, &self.heard, now, &self.knobs));
             actions.extend(drain::plan(&view));
             actions.extend(tasks::plan(&view, now));
             actions.extend(deploy::plan(&view, now, &self.knobs));
