@@ -338,23 +338,27 @@ impl Supervisor {
     /// The runtime spec, root filesystem and container record of a fresh start.
     async fn prepare(&self, image_name: &str, unpacked: &Unpacked) -> Result<(), Outcome> {
         let rt = &self.ctx.runtime;
-        let spec = self
-            .runtime_spec(unpacked)
-            .await
-            .map_err(|e| Outcome::Failed(e, None))?;
         let failed = |what: &str, e: RuntimeError| Outcome::Failed(format!("{what}: {e}"), None);
-        // A leftover container of the same alloc (a crash between create and record).
-        self.remove_container().await;
-        // Until the container record references it, the new snapshot is garbage to
-        // containerd's collector; a lease holds it across the gap.
-        let lease = rt
-            .lease_create(SETUP_LEASE_TTL)
-            .await
-            .map_err(|e| failed("cannot take a containerd lease", e))?;
-        let created = self
-            .create_container(&lease, image_name, &unpacked.chain_id, spec)
-            .await;
-        rt.lease_delete(&lease).await;
+        // At once (independent steps): the spec; removing a leftover container of the same
+        // alloc (a crash between create and record); and the lease that holds the new
+        // snapshot until the container record references it (before that it is garbage
+        // to containerd's collector).
+        let (spec, (), lease) = tokio::join!(
+            self.runtime_spec(unpacked),
+            self.remove_container(),
+            rt.lease_create(SETUP_LEASE_TTL)
+        );
+        let lease = lease.map_err(|e| failed("cannot take a containerd lease", e))?;
+        let created = match spec {
+            Ok(spec) => {
+                self.create_container(&lease, image_name, &unpacked.chain_id, spec)
+                    .await
+            }
+            Err(e) => Err(Outcome::Failed(e, None)),
+        };
+        // The container record holds the snapshot now; the lease can go in the background.
+        let rt = rt.clone();
+        tokio::spawn(async move { rt.lease_delete(&lease).await });
         created
     }
 
