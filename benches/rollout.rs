@@ -5,6 +5,11 @@
 //! of the same image and command on the same containerd, in the same run. mill's overhead
 //! is `deploy / sum - 1` (target ≤ 10%). Needs root and containerd (as the e2e tests);
 //! run with `cargo bench --bench rollout`.
+//!
+//! The node logs its `mill::timeline` debug events (every controller write with its
+//! latency, probe results, barrier progress, the agent's container steps and status
+//! writes); the bench prints those of the last rollout in ms from the POST, and per
+//! round how many writes it took and how long they held the loop and the agent.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -135,6 +140,66 @@ fn reference_round(ctd: &Containerd, namespace: &str, round: usize) -> Duration 
     sum
 }
 
+/// The node's `mill::timeline` events written since `offset` of its log, each as (ms
+/// since `since`, message).
+fn timeline(log: &str, offset: usize, since: jiff::Timestamp) -> Vec<(f64, String)> {
+    let mut events = Vec::new();
+    for line in log.get(offset..).unwrap_or_default().lines() {
+        let plain = strip_ansi(line);
+        let Some((_, message)) = plain.split_once("mill::timeline: ") else {
+            continue;
+        };
+        let Some(at) = plain
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        else {
+            continue;
+        };
+        let ms = at.duration_since(since).as_secs_f64() * 1000.0;
+        events.push((ms, message.to_string()));
+    }
+    events
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ ... final byte in @..~
+            for d in chars.by_ref() {
+                if ('@'..='~').contains(&d) && d != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Writes in a timeline, and the ms they took: (controller writes, agent status writes).
+fn write_costs(events: &[(f64, String)]) -> ((usize, f64), (usize, f64)) {
+    let took = |m: &str| {
+        m.rsplit_once(" took ")
+            .and_then(|(_, t)| t.trim_end_matches(" ms").parse::<f64>().ok())
+    };
+    let (mut controller, mut agent) = ((0, 0.0), (0, 0.0));
+    for (_, message) in events {
+        let Some(ms) = took(message) else { continue };
+        let side = if message.starts_with("agent status") {
+            &mut agent
+        } else {
+            &mut controller
+        };
+        side.0 += 1;
+        side.1 += ms;
+    }
+    (controller, agent)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -152,7 +217,11 @@ async fn main() {
     let ports = format!("{first}-{}", first + 100);
     let node = MillNode::start(
         &ctd,
-        &[("MILL_RUN_CONTROLLERS", "1"), ("MILL_PORT_RANGE", &ports)],
+        &[
+            ("MILL_RUN_CONTROLLERS", "1"),
+            ("MILL_PORT_RANGE", &ports),
+            ("RUST_LOG", "info,openraft=error,mill::timeline=debug"),
+        ],
     )
     .await;
     node.load_image(&archive);
@@ -170,17 +239,28 @@ async fn main() {
     );
 
     let (mut rollouts, mut references) = (vec![], vec![]);
+    let mut last = Vec::new();
     for round in 1..=ROUNDS {
+        let offset = node.log().len();
+        let posted = jiff::Timestamp::now();
         let (took, ok) = deploy(&node, config(round)).await;
         assert!(ok, "rollout {round} failed:\n{}", node.log());
         rollouts.push(took);
+        let events = timeline(&node.log(), offset, posted);
         let reference = tokio::task::block_in_place(|| reference_round(&ctd, reference_ns, round));
         references.push(reference);
+        let ((writes, writes_ms), (statuses, statuses_ms)) = write_costs(&events);
         println!(
-            "  round {round}: rollout {:7.0} ms   sum of {REPLICAS} × (ctr run -d → first HTTP) {:7.0} ms",
+            "  round {round}: rollout {:7.0} ms   sum of {REPLICAS} × (ctr run -d → first HTTP) {:7.0} ms   \
+             controller writes {writes} ({writes_ms:.0} ms), agent status writes {statuses} ({statuses_ms:.0} ms)",
             ms(took),
             ms(reference)
         );
+        last = events;
+    }
+    println!("timeline of the last rollout (ms from the POST):");
+    for (at, message) in &last {
+        println!("  {at:8.1}  {message}");
     }
     let (rollout, reference) = (median(rollouts), median(references));
     println!("rolling update of {REPLICAS} replicas, median of {ROUNDS} rounds:");

@@ -12,6 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// The `mill` binary nodes run: `MILL_BENCH_BINARY` if set (a bench comparing two
+/// builds in one run), else the one cargo built.
+fn binary() -> PathBuf {
+    std::env::var_os("MILL_BENCH_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mill")))
+}
+
 /// The cluster token of every test node.
 pub const TOKEN: &str = "e2e-test-token-0123456789";
 /// How long a node may take to serve.
@@ -72,7 +80,7 @@ impl MillNode {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_mill"))
+        let child = Command::new(binary())
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["init", "--token", TOKEN, "--advertise", "127.0.0.1"])
@@ -87,8 +95,9 @@ impl MillNode {
             // The tests place allocs themselves, as the scheduler will; the controllers
             // would stop allocs whose Service they do not know. A test may turn them on.
             .env("MILL_RUN_CONTROLLERS", "0")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info,openraft=error")
+            // After the defaults: a test's or bench's own values (RUST_LOG too) win.
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
