@@ -1,12 +1,10 @@
 //! The health planner: when to probe which alloc, and what the results mean.
 //!
-//! A service alloc with a health check is probed at once when its container starts, then,
-//! until the first pass, again after a quarter of the time since the first probe (at least
-//! [`Knobs::first_probe_gap`], 5 ms; at most the check's `interval`): 0, 5, 10, 15, 20, 25,
-//! 31, 39, 49, 61 ms, ... growing by a quarter each time, so a container is seen healthy
-//! within a quarter of its own start time (plus the first gap) and a slow one is not
-//! probed more than a few dozen times. After the first pass: every `interval`. One passing
-//! probe makes a running alloc `healthy`; `failure_threshold` consecutive failures make a healthy one `running` again with
+//! A service alloc with a health check is probed at once when its container starts, then
+//! after 50 ms, 100 ms, 200 ms, ... (doubling from [`Knobs::first_probe_gap`], capped at
+//! the check's `interval`) until the first pass, then every `interval`, as issue #5 sets
+//! it. One passing probe makes a running alloc `healthy`; `failure_threshold` consecutive
+//! failures make a healthy one `running` again with
 //! `Healthy=False`, which takes it out of routing. An alloc without a health check is
 //! healthy once it runs.
 //!
@@ -30,9 +28,6 @@ pub struct ProbeState {
     pub started_at: Timestamp,
     /// Probes made so far.
     pub probes: u32,
-    /// When the first probe was made: the fast schedule's clock (`startedAt` has whole
-    /// seconds only, too coarse for it).
-    pub first_probe: Option<Timestamp>,
     /// When the last probe was made.
     pub last_probe: Option<Timestamp>,
     /// Whether any probe passed since the start (ends the fast schedule).
@@ -49,7 +44,6 @@ impl ProbeState {
         ProbeState {
             started_at,
             probes: 0,
-            first_probe: None,
             last_probe: None,
             passed_once: false,
             consecutive_failures: 0,
@@ -76,9 +70,11 @@ pub fn next_probe_at(state: &ProbeState, check: &HealthCheck, knobs: &Knobs) -> 
     let gap = if state.passed_once {
         interval
     } else {
-        let first = state.first_probe.unwrap_or(last);
-        let since_start = Duration::try_from(last.duration_since(first)).unwrap_or_default();
-        (since_start / 4).max(knobs.first_probe_gap).min(interval)
+        let doublings = state.probes.saturating_sub(1).min(30);
+        knobs
+            .first_probe_gap
+            .saturating_mul(1 << doublings)
+            .min(interval)
     };
     last.saturating_add(SignedDuration::try_from(gap).unwrap_or(SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX)
@@ -88,7 +84,6 @@ pub fn next_probe_at(state: &ProbeState, check: &HealthCheck, knobs: &Knobs) -> 
 pub fn record(state: &ProbeState, result: &ProbeResult, at: Timestamp) -> ProbeState {
     let mut next = state.clone();
     next.probes = next.probes.saturating_add(1);
-    next.first_probe.get_or_insert(at);
     next.last_probe = Some(at);
     match result {
         ProbeResult::Passed => {
@@ -227,31 +222,20 @@ mod tests {
     }
 
     #[test]
-    fn probes_start_at_once_then_every_quarter_of_the_time_since_the_start_up_to_the_interval() {
+    fn probes_start_at_once_then_every_50ms_doubling_up_to_the_interval() {
         let knobs = Knobs::default();
         let mut state = ProbeState::new(ms(0));
         let mut times = Vec::new();
-        for _ in 0..40 {
+        for _ in 0..7 {
             let at = next_probe_at(&state, &check(), &knobs);
             times.push(at.as_millisecond() - ms(0).as_millisecond());
             state = record(&state, &ProbeResult::Failed("refused".into()), at);
         }
-        // 5 ms apart while a quarter of the elapsed time is less, then a quarter of it.
-        assert_eq!(times[..10], [0, 5, 10, 15, 20, 25, 31, 39, 48, 61]);
-        for pair in times.windows(2) {
-            let (gap, elapsed) = (pair[1] - pair[0], pair[0]);
-            assert!((5..=1000).contains(&gap), "gap {gap} ms after {elapsed} ms");
-            assert!(
-                gap <= (elapsed / 4).max(5) + 2,
-                "gap {gap} ms after {elapsed} ms"
-            );
-        }
-        // Capped at the interval (1s): the last gaps are the interval itself.
-        assert_eq!(times[39] - times[38], 1000);
+        assert_eq!(times, vec![0, 50, 150, 350, 750, 1550, 2550]);
     }
 
     #[test]
-    fn the_fast_schedule_counts_from_the_first_probe_not_the_whole_second_start() {
+    fn the_fast_schedule_counts_from_the_last_probe_not_the_whole_second_start() {
         // `startedAt` has whole seconds: a container started at 0.9 s reads as 0 s.
         let knobs = Knobs::default();
         let state = record(
@@ -259,7 +243,7 @@ mod tests {
             &ProbeResult::Failed("refused".into()),
             ms(900),
         );
-        assert_eq!(next_probe_at(&state, &check(), &knobs), ms(905));
+        assert_eq!(next_probe_at(&state, &check(), &knobs), ms(950));
     }
 
     #[test]

@@ -18,9 +18,8 @@ pub struct Knobs {
     pub alloc_retention: Duration,
     /// `--port-range` (20000–29999): host ports of nodes that do not name their own.
     pub port_range: RangeInclusive<u16>,
-    /// The shortest gap between health probes after a start, before the first pass (5
-    /// ms); the gap is a quarter of the time since the start when that is longer, and at
-    /// most the check's `interval` ([`crate::health::next_probe_at`]).
+    /// The first gap between health probes after a start (50 ms); it doubles up to the
+    /// check's `interval` ([`crate::health::next_probe_at`]).
     pub first_probe_gap: Duration,
     /// Revisions kept in a Service's history (10).
     pub revision_history: usize,
@@ -40,7 +39,7 @@ impl Default for Knobs {
             drain_grace: Duration::from_millis(5_000),
             alloc_retention: Duration::from_secs(86_400),
             port_range: 20_000..=29_999,
-            first_probe_gap: Duration::from_millis(5),
+            first_probe_gap: Duration::from_millis(50),
             revision_history: 10,
             task_runs_kept: 100,
             replaced_allocs_kept: 5,
