@@ -1,6 +1,6 @@
 //! What a rolling update costs beyond the containers themselves: a `mill deploy` that
-//! changes the env of a 5-replica service (image present, healthy at start, SIGTERM
-//! handled), timed from the POST to the stream's `done`, against the sum over the 5
+//! changes the env of a 5-replica service (image present, `/health` baked into it so
+//! it is healthy at start, SIGTERM handled), timed from the POST to the stream's `done`, against the sum over the 5
 //! replicas of (container start + first successful HTTP probe) measured with `ctr run -d`
 //! of the same image and command on the same containerd, in the same run. mill's overhead
 //! is `deploy / sum - 1` (target ≤ 10%). Needs root and containerd (as the e2e tests);
@@ -29,7 +29,9 @@ const DEADLINE: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(2);
 /// The service's command: busybox httpd, exiting at once on SIGTERM (as a well-behaved
 /// app does), so stopping an old replica costs what the app needs, not the stop grace.
-const COMMAND: &str = "trap 'exit 0' TERM; mkdir -p /www && echo ok > /www/health && httpd -f -p $PORT -h /www & wait";
+/// `/www/health` is in the image, so the app is healthy as soon as httpd listens (the
+/// workload of issue #5); the shell stays as PID 1 because httpd ignores SIGTERM there.
+const COMMAND: &str = "trap 'exit 0' TERM; httpd -f -p $PORT -h /www & wait";
 
 fn config(round: usize) -> String {
     format!(
@@ -212,7 +214,11 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let ctd = Containerd::start();
-    let archive = images::build(&images::httpd("mill.test/httpd:1"), ctd.dir.path());
+    let archive = images::build_with_files(
+        &images::httpd("mill.test/httpd:1"),
+        &[images::HEALTH_FILE],
+        ctd.dir.path(),
+    );
     let first = 20_000 + support::free_port() % 12_000;
     let ports = format!("{first}-{}", first + 100);
     let node = MillNode::start(

@@ -80,7 +80,8 @@ fn digest(bytes: &[u8]) -> String {
     )
 }
 
-fn layer() -> Vec<u8> {
+/// The layer: busybox, its applets, and `files` (path in the image, contents; mode 0644).
+fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
     let busybox = std::fs::read("/usr/bin/busybox")
         .or_else(|_| std::fs::read("/bin/busybox"))
         .expect("busybox-static is installed (run scripts/setup)");
@@ -118,11 +119,28 @@ fn layer() -> Vec<u8> {
             .append_link(&mut h, format!("bin/{applet}"), "busybox")
             .unwrap();
     }
+    for (path, contents) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(contents.len() as u64);
+        h.set_mtime(0);
+        builder.append_data(&mut h, path, *contents).unwrap();
+    }
     builder.into_inner().unwrap()
 }
 
 /// Writes `def` as an OCI archive into `dir`; returns the archive's path.
 pub fn build(def: &ImageDef, dir: &Path) -> PathBuf {
+    build_with_files(def, &[], dir)
+}
+
+/// Files baked into [`build_with_files`]'s image for a server that is healthy at start:
+/// `/www/health` = `ok`, so busybox httpd answers `/health` without writing it first.
+pub const HEALTH_FILE: (&str, &[u8]) = ("www/health", b"ok\n");
+
+/// Like [`build`], with `files` (paths relative to the image's root, mode 0644) added to
+/// its layer.
+pub fn build_with_files(def: &ImageDef, files: &[(&str, &[u8])], dir: &Path) -> PathBuf {
     let layout = tempfile::tempdir_in(dir).unwrap();
     let blobs = layout.path().join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -131,7 +149,7 @@ pub fn build(def: &ImageDef, dir: &Path) -> PathBuf {
         std::fs::write(blobs.join(d.trim_start_matches("sha256:")), bytes).unwrap();
         (d, bytes.len())
     };
-    let layer = layer();
+    let layer = layer(files);
     let (layer_digest, layer_size) = put(&layer);
     let config = serde_json::json!({
         "architecture": "amd64",
