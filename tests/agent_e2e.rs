@@ -138,6 +138,44 @@ async fn an_imported_archive_runs_with_env_secrets_and_service_addresses_injecte
     }
 }
 
+/// The agent remembers resolved images: a name loaded again with a different image must
+/// start the new one, not what the name pointed at before.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_loaded_again_under_the_same_name_starts_the_new_one() {
+    let ctd = Containerd::start();
+    let first = images::httpd("mill.test/httpd:1");
+    let node = node_with(&ctd, &first, &[]).await;
+    let mode = |port: u16| async move {
+        let (_, env) = eventually(WITHIN, "env.txt served", || async {
+            http_get(port, "/env.txt").await.filter(|(c, _)| *c == 200)
+        })
+        .await;
+        env.lines()
+            .find_map(|l| l.strip_prefix("MODE="))
+            .map(str::to_string)
+    };
+    let port = pool_port();
+    node.create_alloc("web-1", service_spec("mill.test/httpd:1", port))
+        .await;
+    node.wait_phase("web-1", AllocPhase::Healthy, WITHIN).await;
+    assert_eq!(mode(port).await.as_deref(), Some("image"));
+
+    let second = images::ImageDef {
+        env: vec!["PATH=/bin".into(), "MODE=reloaded".into()],
+        ..first
+    };
+    node.load_image(&images::build(&second, ctd.dir.path()));
+    let port = pool_port();
+    node.create_alloc("web-2", service_spec("mill.test/httpd:1", port))
+        .await;
+    node.wait_phase("web-2", AllocPhase::Healthy, WITHIN).await;
+    assert_eq!(
+        mode(port).await.as_deref(),
+        Some("reloaded"),
+        "web-2 started the image the name pointed at before the second load"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cpu_quota_and_memory_limit_are_in_the_containers_cgroup() {
     let ctd = Containerd::start();

@@ -174,12 +174,75 @@ pub async fn unpack(
     })
 }
 
+/// What [`resolve`] found per image name: the image record's target digest and what it
+/// unpacked to. A start of an image resolved before costs one round trip (the image record
+/// and the top snapshot, read at once) instead of reading the manifest and config and
+/// labelling the config again (benches/README.md, rolling update).
+#[derive(Debug, Default)]
+pub struct Cache {
+    entries: std::sync::Mutex<HashMap<String, (String, Unpacked)>>,
+}
+
+impl Cache {
+    fn get(&self, name: &str) -> Option<(String, Unpacked)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(name).cloned()
+    }
+
+    fn put(&self, name: &str, digest: String, unpacked: Unpacked) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.insert(name.to_string(), (digest, unpacked));
+    }
+
+    fn forget(&self, name: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(name);
+    }
+}
+
+/// [`resolve`], remembering the answer in `cache`: an image whose record still names the
+/// same target and whose top snapshot still exists is not read again. Anything else (a new
+/// pull or import moved the name, the snapshot was removed) resolves in full.
+pub async fn resolve_cached(
+    rt: &Containerd,
+    cache: &Cache,
+    name: &str,
+) -> Result<Option<Unpacked>, ImageError> {
+    if let Some((digest, unpacked)) = cache.get(name) {
+        let (target, snapshot) =
+            tokio::join!(rt.image_get(name), rt.snapshot_exists(&unpacked.chain_id));
+        match (target?, snapshot?) {
+            (Some(target), true) if target.digest == digest => return Ok(Some(unpacked)),
+            (None, _) => {
+                cache.forget(name);
+                return Ok(None);
+            }
+            _ => cache.forget(name),
+        }
+    }
+    let Some(target) = rt.image_get(name).await? else {
+        return Ok(None);
+    };
+    let resolved = resolve_target(rt, name, &target).await?;
+    cache.put(name, target.digest.clone(), resolved.clone());
+    Ok(Some(resolved))
+}
+
 /// The image's config and top snapshot if the image is present (unpacking it if its
 /// snapshots are gone); `None` if containerd has no such image.
 pub async fn resolve(rt: &Containerd, name: &str) -> Result<Option<Unpacked>, ImageError> {
     let Some(target) = rt.image_get(name).await? else {
         return Ok(None);
     };
+    Ok(Some(resolve_target(rt, name, &target).await?))
+}
+
+/// What the image record's `target` unpacks to.
+async fn resolve_target(
+    rt: &Containerd,
+    name: &str,
+    target: &Descriptor,
+) -> Result<Unpacked, ImageError> {
     let mut manifest_digest = target.digest.clone();
     let mut blob = rt.content_read(&manifest_digest).await?;
     if is_index(&target.media_type, &blob) {
@@ -191,7 +254,7 @@ pub async fn resolve(rt: &Containerd, name: &str) -> Result<Option<Unpacked>, Im
     }
     let manifest: ImageManifest = serde_json::from_slice(&blob)
         .map_err(|e| ImageError::Malformed(name.into(), format!("manifest: {e}")))?;
-    Ok(Some(unpack(rt, None, name, &manifest).await?))
+    unpack(rt, None, name, &manifest).await
 }
 
 #[cfg(test)]

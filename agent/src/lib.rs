@@ -57,6 +57,8 @@ pub struct Ctx {
     pub logs: logs::LogStore,
     /// Usage samples and ended task runs, for the node's metrics.
     pub meter: usage::Meter,
+    /// Images resolved before, so a start does not read them again.
+    pub images: image::Cache,
 }
 
 /// A started agent.
@@ -123,6 +125,7 @@ async fn run(
         runtime,
         logs,
         meter,
+        images: image::Cache::default(),
     });
     ctx_tx.send_replace(Some(ctx.clone()));
 

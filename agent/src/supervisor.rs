@@ -312,7 +312,7 @@ impl Supervisor {
         let rt = &self.ctx.runtime;
         let image_name = image::canonical(&self.alloc.spec.template.image)
             .map_err(|e| Outcome::Failed(e.to_string(), None))?;
-        let unpacked = match image::resolve(rt, &image_name).await {
+        let unpacked = match image::resolve_cached(rt, &self.ctx.images, &image_name).await {
             Ok(Some(u)) => u,
             Ok(None) => {
                 self.status(json!({"phase": AllocPhase::Pulling})).await;
