@@ -92,6 +92,9 @@ async fn connection(
     acceptor: tokio_rustls::TlsAcceptor,
     router: Router,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // Watch events, forwarded writes and Raft replies are small writes that must not wait
+    // for the peer's ACK of the previous one (Nagle).
+    stream.set_nodelay(true).ok();
     let mut first = [0u8; 1];
     let n = stream.peek(&mut first).await?;
     let service = TowerToHyperService::new(router);

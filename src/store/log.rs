@@ -4,13 +4,15 @@
 //! order), as JSON. The most recently appended entries are also kept decoded in memory
 //! ([`Recent`]): the replication to each follower and the apply read back exactly what was
 //! just appended, and serve it from there instead of decoding it from sled again. Votes are flushed before `save_vote` returns. `append` writes the batch to
-//! sled and hands openraft's callback to one flusher task, which flushes once for every
-//! callback queued meanwhile and then completes them in order. (openraft 0.9's core awaits
-//! each append's callback before it takes the next request, so in practice one callback is
-//! queued per flush: what spreads one fsync over many writes is the `proposer` putting the
-//! concurrent txns in one entry.) Single inserts, batches and range reads touch sled's in-memory page
-//! cache and are cheap enough to run on the runtime; the only potentially long operation,
-//! purging thousands of entries after a snapshot, runs on a blocking thread.
+//! sled, flushes it on the calling thread and then completes openraft's callback. openraft
+//! 0.9's core awaits each append's callback before it takes the next request, so there is
+//! never a second append to group with (what spreads one flush over many writes is the
+//! `proposer` putting the concurrent txns in one entry), and the core has nothing else to
+//! do meanwhile: flushing in place saves the two thread wake-ups of handing the flush to
+//! sled's pool and back, which on a busy machine each wait for a free core. Single
+//! inserts, batches and range reads touch sled's in-memory page cache and are cheap enough
+//! to run on the runtime; the only potentially long operation, purging thousands of
+//! entries after a snapshot, runs on a blocking thread.
 
 // openraft's traits return its `StorageError` (large); helpers return it too, unboxed.
 #![allow(clippy::result_large_err)]
@@ -22,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -47,8 +48,6 @@ pub(crate) struct LogStore {
     meta: sled::Tree,
     /// The last committed index, for [`super::RaftInfo::commit_index`].
     committed: Arc<AtomicU64>,
-    /// Appends waiting for the next flush (see the module doc).
-    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
     /// The newest entries, decoded (see the module doc).
     recent: Arc<Mutex<Recent>>,
     _user: DbUser,
@@ -127,30 +126,6 @@ impl Recent {
     }
 }
 
-/// The group-commit task: one `flush_async` per burst of appends, callbacks in order. It
-/// ends when every [`LogStore`] (and so every sender) is gone.
-fn spawn_flusher(db: sled::Db, user: DbUser) -> mpsc::UnboundedSender<LogFlushed<TypeConfig>> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<LogFlushed<TypeConfig>>();
-    tokio::spawn(async move {
-        let _user = user;
-        while let Some(first) = rx.recv().await {
-            let mut waiting = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                waiting.push(more);
-            }
-            let flushed = db
-                .flush_async()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
-            for callback in waiting {
-                callback.log_io_completed(flushed.clone().map_err(std::io::Error::other));
-            }
-        }
-    });
-    tx
-}
-
 impl LogStore {
     /// Opens the log trees of `db`; `user` keeps shutdown waiting until this store is gone.
     pub fn open(db: &sled::Db, user: DbUser) -> Result<Self, StoreError> {
@@ -159,7 +134,6 @@ impl LogStore {
             log: db.open_tree("raft_log").map_err(internal)?,
             meta: db.open_tree("raft_meta").map_err(internal)?,
             committed: Arc::new(AtomicU64::new(0)),
-            flusher: spawn_flusher(db.clone(), user.clone()),
             recent: Arc::default(),
             _user: user,
         };
@@ -305,11 +279,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 recent.push(entry, bytes);
             }
         }
-        if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback) {
-            // The flusher only ends with the last LogStore, so this is shutdown: flush here.
-            let flushed = self.db.flush_async().await.map(|_| ());
-            callback.log_io_completed(flushed.map_err(std::io::Error::other));
-        }
+        let flushed = self.db.flush().map(|_| ());
+        callback.log_io_completed(flushed.map_err(std::io::Error::other));
         Ok(())
     }
 

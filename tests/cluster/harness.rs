@@ -62,7 +62,10 @@ impl Node {
             .append(true)
             .open(&self.log)
             .expect("node log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mill"));
+        // Benches compare two builds back to back with `MILL_BENCH_BINARY=/path/to/mill`.
+        let binary = std::env::var_os("MILL_BENCH_BINARY")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mill")), PathBuf::from);
+        let mut cmd = Command::new(binary);
         cmd.arg("--data-dir").arg(&self.data_dir);
         match &self.join {
             None => cmd.args(["init", "--token", TOKEN]),
