@@ -6,7 +6,10 @@
 //! latency is write start → event at a watcher on another member (`/v3/watch` for etcd).
 //!
 //! `cargo bench --bench store` (needs `etcd` on PATH: `scripts/setup` installs it).
-//! `-- --quick` runs fewer writes; `-- --size 3` only the 3-node clusters.
+//! `-- --quick` runs fewer writes and one round; `-- --size 3` only the 3-node clusters;
+//! `-- --rounds N` (3) how many times each system runs every phase, alternating which one
+//! goes first. Throughputs are the rounds' medians; the watch percentiles are over every
+//! round's samples.
 
 #[allow(dead_code)]
 #[path = "../tests/cluster/harness.rs"]
@@ -309,8 +312,9 @@ async fn load(
     }
 }
 
-/// Write start → event at a watcher on member 0, for `count` sequential writes via the last member.
-async fn watch_latency(system: &System, count: usize) -> (Duration, Duration) {
+/// Write start → event at a watcher on member 0, for `count` sequential writes of `key`
+/// via the last member; the latencies, sorted.
+async fn watch_latency(system: &System, key: &str, count: usize) -> Vec<Duration> {
     let http = reqwest::Client::new();
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let watcher = {
@@ -325,7 +329,7 @@ async fn watch_latency(system: &System, count: usize) -> (Duration, Duration) {
             let value = format!("w{i}");
             let t = Instant::now();
             system
-                .put(&http, system.members() - 1, "watched", &value, i == 0)
+                .put(&http, system.members() - 1, key, &value, i == 0)
                 .await;
             sent.push((value, t));
         }
@@ -350,7 +354,12 @@ async fn watch_latency(system: &System, count: usize) -> (Duration, Duration) {
         "watcher missed events: {} of {count}",
         latencies.len()
     );
-    (percentile(&latencies, 0.5), percentile(&latencies, 0.99))
+    latencies
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn ms(d: Duration) -> String {
@@ -361,62 +370,90 @@ fn ms(d: Duration) -> String {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let sizes: Vec<usize> = match args.iter().position(|a| a == "--size") {
-        Some(i) => vec![args
-            .get(i + 1)
-            .and_then(|s| s.parse().ok())
-            .expect("--size takes a cluster size, e.g. --size 3")],
-        None => vec![1, 3],
+    let arg = |name: &str| {
+        args.iter().position(|a| a == name).map(|i| {
+            args.get(i + 1)
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("{name} takes a number, e.g. {name} 3"))
+        })
     };
+    let sizes: Vec<usize> = arg("--size").map_or(vec![1, 3], |size| vec![size]);
+    // Rounds alternate the systems (mill first, then etcd first, ...), so a machine that
+    // gets busier or quieter during the run moves both alike.
+    let rounds = arg("--rounds").unwrap_or(if quick { 1 } else { 3 }).max(1);
     let (n1, n64, nw) = if quick {
         (100, 600, 100)
     } else {
-        // 1,000 watched writes, so the watch p99 is the 10th worst, not the 3rd.
+        // 1,000 watched writes per round, so the watch p99 is not the 3rd worst.
         (300, 3000, 1000)
     };
-    println!("| system | phase | clients | ops/s | p50 | p99 | errors |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| system | round | phase | clients | ops/s | p50 | p99 | errors |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut summary = Vec::new();
     for size in sizes {
         let systems = [
             System::Mill(Cluster::start(size, &[]).await),
             System::Etcd(Etcd::start(size).await),
         ];
-        let mut at64 = Vec::new();
-        for system in &systems {
-            for (phase, create) in [("create", true), ("update", false)] {
-                for (clients, total) in [(1, n1), (64, n64)] {
-                    let prefix = format!("k{clients}");
-                    // Updates rewrite the keys the create phase made.
-                    let f = load(system, &prefix, clients, total, create).await;
-                    println!(
-                        "| {} | {phase} | {clients} | {:.0} | {} | {} | {} |",
-                        system.name(),
-                        f.ops_per_sec,
-                        ms(f.p50),
-                        ms(f.p99),
-                        f.errors
-                    );
-                    if clients == 64 {
-                        at64.push(f.ops_per_sec);
+        // Per system: creates/s and updates/s at 64 clients of every round, and every
+        // watch sample of every round.
+        let mut creates = [Vec::new(), Vec::new()];
+        let mut updates = [Vec::new(), Vec::new()];
+        let mut watched: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for s in order {
+                let system = &systems[s];
+                for (phase, create) in [("create", true), ("update", false)] {
+                    for (clients, total) in [(1, n1), (64, n64)] {
+                        // Updates rewrite the keys this round's create phase made.
+                        let prefix = format!("r{round}k{clients}");
+                        let f = load(system, &prefix, clients, total, create).await;
+                        println!(
+                            "| {} | {} | {phase} | {clients} | {:.0} | {} | {} | {} |",
+                            system.name(),
+                            round + 1,
+                            f.ops_per_sec,
+                            ms(f.p50),
+                            ms(f.p99),
+                            f.errors
+                        );
+                        if clients == 64 {
+                            let into = if create { &mut creates } else { &mut updates };
+                            into[s].push(f.ops_per_sec);
+                        }
                     }
                 }
+                let latencies = watch_latency(system, &format!("watched-{round}"), nw).await;
+                println!(
+                    "| {} | {} | watch latency | 1 | - | {} | {} | 0 |",
+                    system.name(),
+                    round + 1,
+                    ms(percentile(&latencies, 0.5)),
+                    ms(percentile(&latencies, 0.99))
+                );
+                watched[s].extend(latencies);
             }
-            let (p50, p99) = watch_latency(system, nw).await;
-            println!(
-                "| {} | watch latency | 1 | - | {} | {} | 0 |",
-                system.name(),
-                ms(p50),
-                ms(p99)
-            );
-            at64.push(p99.as_secs_f64());
         }
-        // Per system: creates/s, updates/s (64 clients), watch p99.
+        for w in &mut watched {
+            w.sort();
+        }
+        let p = |s: usize, q: f64| percentile(&watched[s], q);
         summary.push(format!(
-            "{size} node(s), mill/etcd: creates/s at 64 clients {:.2}; updates/s at 64 clients {:.2}; watch p99 {:.2}",
-            at64[0] / at64[3],
-            at64[1] / at64[4],
-            at64[2] / at64[5]
+            "{size} node(s), {rounds} round(s), mill/etcd: creates/s at 64 clients {:.2} ({:.0} / {:.0}, medians); \
+             updates/s at 64 clients {:.2} ({:.0} / {:.0}); watch p99 {:.2} ({} / {}; p50 {} / {}, over {} writes each)",
+            median(creates[0].clone()) / median(creates[1].clone()),
+            median(creates[0].clone()),
+            median(creates[1].clone()),
+            median(updates[0].clone()) / median(updates[1].clone()),
+            median(updates[0].clone()),
+            median(updates[1].clone()),
+            p(0, 0.99).as_secs_f64() / p(1, 0.99).as_secs_f64(),
+            ms(p(0, 0.99)),
+            ms(p(1, 0.99)),
+            ms(p(0, 0.5)),
+            ms(p(1, 0.5)),
+            watched[0].len(),
         ));
     }
     println!();
