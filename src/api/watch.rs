@@ -55,9 +55,16 @@ fn identity(obj: &Value) -> (Option<String>, String) {
     )
 }
 
-fn line(event_type: &str, object: Value) -> Bytes {
-    let mut bytes =
-        serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
+/// One event as the client reads it, encoded straight from the borrowed object.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    object: &'a Value,
+}
+
+fn line(event_type: &str, object: &Value) -> Bytes {
+    let mut bytes = serde_json::to_vec(&Line { event_type, object }).unwrap_or_default();
     bytes.push(b'\n');
     Bytes::from(bytes)
 }
@@ -124,7 +131,7 @@ pub async fn serve(
         Err(expired) => {
             let status = ApiError::expired(expired.to_string()).to_status();
             // The channel is fresh and has room: this send cannot fail.
-            let _ = tx.try_send(Ok(line("ERROR", status)));
+            let _ = tx.try_send(Ok(line("ERROR", &status)));
             return Ok(stream_response(rx));
         }
     };
@@ -168,22 +175,23 @@ enum Seed {
 }
 
 impl Watcher {
-    fn render(&self, obj: &Value) -> Value {
+    fn render<'a>(&self, obj: &'a Value) -> std::borrow::Cow<'a, Value> {
+        use std::borrow::Cow;
         match self.representation {
-            Representation::Object => obj.clone(),
-            Representation::Metadata => table::partial_metadata(obj),
+            Representation::Object => Cow::Borrowed(obj),
+            Representation::Metadata => Cow::Owned(table::partial_metadata(obj)),
             Representation::Table => {
                 let rv = meta_str(obj, "resourceVersion")
                     .unwrap_or_default()
                     .to_string();
-                table::table(&self.kind, &[obj], &rv, None)
+                Cow::Owned(table::table(&self.kind, &[obj], &rv, None))
             }
         }
     }
 
     async fn send(&self, event_type: &str, obj: &Value) -> bool {
         self.tx
-            .send(Ok(line(event_type, self.render(obj))))
+            .send(Ok(line(event_type, &self.render(obj))))
             .await
             .is_ok()
     }
@@ -198,11 +206,11 @@ impl Watcher {
             "apiVersion": self.kind.api_version(),
             "metadata": metadata,
         });
-        self.tx.send(Ok(line("BOOKMARK", object))).await.is_ok()
+        self.tx.send(Ok(line("BOOKMARK", &object))).await.is_ok()
     }
 
     async fn error(&self, err: ApiError) {
-        let _ = self.tx.send(Ok(line("ERROR", err.to_status()))).await;
+        let _ = self.tx.send(Ok(line("ERROR", &err.to_status()))).await;
     }
 
     async fn run(
