@@ -3,16 +3,16 @@
 //! Entries live in the tree `raft_log` keyed by big-endian index (so sled's order is log
 //! order), as JSON. The most recently appended entries are also kept decoded in memory
 //! ([`Recent`]): the replication to each follower and the apply read back exactly what was
-//! just appended, and serve it from there instead of decoding it from sled again. Votes are flushed before `save_vote` returns. `append` writes the batch to
-//! sled, flushes it on the calling thread and then completes openraft's callback. openraft
-//! 0.9's core awaits each append's callback before it takes the next request, so there is
-//! never a second append to group with (what spreads one flush over many writes is the
-//! `proposer` putting the concurrent txns in one entry), and the core has nothing else to
-//! do meanwhile: flushing in place saves the two thread wake-ups of handing the flush to
-//! sled's pool and back, which on a busy machine each wait for a free core. Single
-//! inserts, batches and range reads touch sled's in-memory page cache and are cheap enough
-//! to run on the runtime; the only potentially long operation, purging thousands of
-//! entries after a snapshot, runs on a blocking thread.
+//! just appended, and serve it from there instead of decoding it from sled again.
+//!
+//! Votes are flushed before `save_vote` returns. `append` writes the batch to sled, awaits
+//! its flush and then completes openraft's callback. openraft 0.9's core awaits each
+//! append's callback before it takes the next request, so there is never a second append
+//! to group with: what spreads one flush over many writes is the `proposer` putting the
+//! concurrent txns in one entry. The flush runs on sled's own threads, so a slow disk holds
+//! up Raft but never a runtime worker. Single inserts, batches and range reads touch sled's
+//! in-memory page cache and are cheap enough to run on the runtime; the only potentially
+//! long operation, purging thousands of entries after a snapshot, runs on a blocking thread.
 
 // openraft's traits return its `StorageError` (large); helpers return it too, unboxed.
 #![allow(clippy::result_large_err)]
@@ -279,7 +279,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 recent.push(entry, bytes);
             }
         }
-        let flushed = self.db.flush().map(|_| ());
+        let flushed = self.db.flush_async().await.map(|_| ());
         callback.log_io_completed(flushed.map_err(std::io::Error::other));
         Ok(())
     }
