@@ -32,7 +32,15 @@ impl Database {
     /// Opens (or creates) the database of `config`; a data dir belongs to one node id.
     pub async fn open(config: &StoreConfig) -> Result<Database, StoreError> {
         let path = config.data_dir.join("store");
-        let db = tokio::task::spawn_blocking(move || sled::Config::new().path(&path).open())
+        // No background flush: the log flushes at every append and vote, and everything
+        // else (state machine, snapshots) is either rebuilt from the log after a crash or
+        // flushed where it must be; a periodic flush would only compete with the log's.
+        let db = tokio::task::spawn_blocking(move || {
+            sled::Config::new()
+                .path(&path)
+                .flush_every_ms(None)
+                .open()
+        })
             .await
             .map_err(internal)?
             .map_err(|e| {

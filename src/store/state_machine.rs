@@ -343,7 +343,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(objects)
         })
         .await
-        .map_err(|e| StorageIOError::read_snapshot(signature, &e))??;
+        .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))??;
+        // The leader counts this node as holding everything up to the snapshot from now
+        // on (and may purge its own log): that must survive a crash here.
+        self.state
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
         self.replica.install(objects, rv);
         Ok(())
     }
