@@ -36,19 +36,16 @@ impl Database {
         // else (state machine, snapshots) is either rebuilt from the log after a crash or
         // flushed where it must be; a periodic flush would only compete with the log's.
         let db = tokio::task::spawn_blocking(move || {
-            sled::Config::new()
-                .path(&path)
-                .flush_every_ms(None)
-                .open()
+            sled::Config::new().path(&path).flush_every_ms(None).open()
         })
-            .await
-            .map_err(internal)?
-            .map_err(|e| {
-                StoreError::Internal(format!(
-                    "cannot open the store under {}: {e} (is another mill using this data dir?)",
-                    config.data_dir.display()
-                ))
-            })?;
+        .await
+        .map_err(internal)?
+        .map_err(|e| {
+            StoreError::Internal(format!(
+                "cannot open the store under {}: {e} (is another mill using this data dir?)",
+                config.data_dir.display()
+            ))
+        })?;
         match db.get(NODE_ID).map_err(internal)? {
             Some(stored) => {
                 let stored = serde_json::from_slice::<u64>(&stored).map_err(internal)?;
