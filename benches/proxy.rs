@@ -7,6 +7,13 @@
 //! (`scripts/setup`) and root only for nginx's default user; no containerd (the backend is
 //! registered as an alloc placed on a node that does not run it, with its address in the
 //! status). Run with `cargo bench --bench proxy` (`-- --quick` for one short round).
+//! `MILL_BENCH_ALSO=label=/path/to/mill,...` adds a node per other build, measured in the
+//! same rounds (a before/after in one run).
+//!
+//! Besides requests/s and latency, each round reads the CPU time (user and system, from
+//! `/proc`) that mill's proxy threads and nginx's workers used during it and prints it per
+//! request: on a shared machine the throughput moves with everyone else's load, the CPU a
+//! request costs much less.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -26,6 +33,9 @@ const CONNECTIONS: u32 = 64;
 const WRK_THREADS: u32 = 2;
 const HOST: &str = "bench.test";
 
+/// Reads a target's user and system CPU ticks so far.
+type CpuTicks = dyn Fn() -> Option<(u64, u64)>;
+
 /// One wrk run's figures.
 #[derive(Debug, Clone, Copy)]
 struct Run {
@@ -33,6 +43,10 @@ struct Run {
     p50: Duration,
     p99: Duration,
     errors: u64,
+    /// Requests answered in the run.
+    requests: u64,
+    /// The target's CPU time per request in the run (user, system), if known.
+    cpu: Option<(Duration, Duration)>,
 }
 
 fn main() {
@@ -44,19 +58,40 @@ fn main() {
     let backend = start_backend();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
 
-    // mill: a node whose table routes bench.test to the backend.
-    let http = format!("127.0.0.1:{}", support::free_port());
-    let dns = format!("127.0.0.1:{}", support::free_port());
-    let node = runtime.block_on(async {
-        let node = MillNode::start_on(
-            Path::new("/nonexistent/containerd.sock"),
-            &[("MILL_HTTP_ADDR", &http), ("MILL_DNS_ADDR", &dns)],
-        )
-        .await;
-        register(&node, backend).await;
-        wait_for(&http).await;
-        node
-    });
+    // mill: a node whose table routes bench.test to the backend; one more per build in
+    // `MILL_BENCH_ALSO` (`label=/path/to/mill,...`), to compare builds in the same run.
+    let mut builds = vec![("mill".to_string(), None)];
+    if let Ok(also) = std::env::var("MILL_BENCH_ALSO") {
+        for entry in also.split(',').filter(|e| !e.is_empty()) {
+            let (label, path) = entry
+                .split_once('=')
+                .unwrap_or_else(|| panic!("MILL_BENCH_ALSO: {entry:?} is not label=/path/to/mill"));
+            builds.push((format!("mill {label}"), Some(path.to_string())));
+        }
+    }
+    let default_binary = std::env::var_os("MILL_BENCH_BINARY");
+    let mut nodes = Vec::new();
+    for (label, binary) in builds {
+        // support::node starts `MILL_BENCH_BINARY` if set.
+        match (&binary, &default_binary) {
+            (Some(path), _) => std::env::set_var("MILL_BENCH_BINARY", path),
+            (None, Some(path)) => std::env::set_var("MILL_BENCH_BINARY", path),
+            (None, None) => std::env::remove_var("MILL_BENCH_BINARY"),
+        }
+        let http = format!("127.0.0.1:{}", support::free_port());
+        let dns = format!("127.0.0.1:{}", support::free_port());
+        let node = runtime.block_on(async {
+            let node = MillNode::start_on(
+                Path::new("/nonexistent/containerd.sock"),
+                &[("MILL_HTTP_ADDR", &http), ("MILL_DNS_ADDR", &dns)],
+            )
+            .await;
+            register(&node, backend).await;
+            wait_for(&http).await;
+            node
+        });
+        nodes.push((label, http, node));
+    }
 
     // nginx: the same route to the same backend.
     let dir = tempfile::tempdir().unwrap();
@@ -64,20 +99,42 @@ fn main() {
     let mut nginx = start_nginx(dir.path(), &nginx_addr, backend, threads);
     runtime.block_on(wait_for(&nginx_addr));
 
-    let targets = [("mill", http.as_str()), ("nginx", nginx_addr.as_str())];
+    let nginx_pid = nginx.id();
+    let mut targets: Vec<(&str, &str, Box<CpuTicks>)> = nodes
+        .iter()
+        .map(|(label, http, node)| {
+            let pid = pid_serving(&node.addr);
+            let cpu: Box<CpuTicks> =
+                Box::new(move || threads_cpu(pid, |name| name.starts_with("mill-proxy-")));
+            (label.as_str(), http.as_str(), cpu)
+        })
+        .collect();
+    // nginx second: the first mill target and nginx alternate as before.
+    targets.insert(
+        1,
+        (
+            "nginx",
+            nginx_addr.as_str(),
+            Box::new(move || children_cpu(nginx_pid)),
+        ),
+    );
     let backend_addr = backend.to_string();
-    for (_, addr) in targets {
-        wrk(addr, 2); // warm-up: connections, pools, caches
+    for (_, addr, _) in &targets {
+        wrk(addr, 2, None); // warm-up: connections, pools, caches
     }
-    let direct = wrk(&backend_addr, seconds);
-    let mut runs: Vec<(&str, Vec<Run>)> = targets.iter().map(|(n, _)| (*n, Vec::new())).collect();
+    let direct = wrk(&backend_addr, seconds, None);
+    let mut runs: Vec<(String, Vec<Run>)> = targets
+        .iter()
+        .map(|(n, _, _)| (n.to_string(), Vec::new()))
+        .collect();
     for _ in 0..rounds {
-        for (i, (_, addr)) in targets.iter().enumerate() {
-            runs[i].1.push(wrk(addr, seconds));
+        for (i, (_, addr, cpu)) in targets.iter().enumerate() {
+            runs[i].1.push(wrk(addr, seconds, Some(&**cpu)));
         }
     }
     stop(&mut nginx);
-    drop(node);
+    drop(targets);
+    drop(nodes);
     let load_after = loadavg();
 
     println!(
@@ -101,12 +158,127 @@ fn main() {
         "| backend direct | {:.0} | {:.2?} | {:.2?} | {} |",
         direct.rps, direct.p50, direct.p99, direct.errors
     );
-    let (mill, nginx) = (medians[0], medians[1]);
-    println!(
-        "\nmill / nginx: requests/s {:.2}×, p99 {:.2}× (target ≥ 1.0× and ≤ 1.0×)",
-        mill.rps / nginx.rps,
-        mill.p99.as_secs_f64() / nginx.p99.as_secs_f64()
-    );
+    let nginx = medians[1];
+    for (i, (name, _)) in runs.iter().enumerate().filter(|(i, _)| *i != 1) {
+        let mill = medians[i];
+        println!(
+            "\n{name} / nginx: requests/s {:.2}×, p99 {:.2}× (target ≥ 1.0× and ≤ 1.0×)",
+            mill.rps / nginx.rps,
+            mill.p99.as_secs_f64() / nginx.p99.as_secs_f64()
+        );
+    }
+    println!("\nCPU per request (user + system), each round:");
+    let mut cpu_medians = Vec::new();
+    for (name, list) in &runs {
+        let each: Vec<String> = list
+            .iter()
+            .map(|r| match r.cpu {
+                Some((user, system)) => format!(
+                    "{:.1} + {:.1} µs",
+                    user.as_secs_f64() * 1e6,
+                    system.as_secs_f64() * 1e6
+                ),
+                None => "unknown".to_string(),
+            })
+            .collect();
+        println!("  {name}: {}", each.join(" · "));
+        let mut users: Vec<f64> = list
+            .iter()
+            .filter_map(|r| r.cpu.map(|(u, _)| u.as_secs_f64()))
+            .collect();
+        let mut totals: Vec<f64> = list
+            .iter()
+            .filter_map(|r| r.cpu.map(|(u, s)| (u + s).as_secs_f64()))
+            .collect();
+        users.sort_by(f64::total_cmp);
+        totals.sort_by(f64::total_cmp);
+        cpu_medians.push((
+            users.get(users.len() / 2).copied(),
+            totals.get(totals.len() / 2).copied(),
+        ));
+    }
+    if let (Some(nu), Some(nt)) = cpu_medians[1] {
+        for (i, (name, _)) in runs.iter().enumerate().filter(|(i, _)| *i != 1) {
+            if let (Some(mu), Some(mt)) = cpu_medians[i] {
+                println!(
+                    "{name} / nginx CPU per request (medians): user {:.2}×, user + system {:.2}×",
+                    mu / nu,
+                    mt / nt
+                );
+            }
+        }
+    }
+}
+
+/// The pid of the `mill` process whose API listens on `api_addr` (from its command line).
+fn pid_serving(api_addr: &str) -> u32 {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == api_addr.as_bytes())
+        {
+            return pid;
+        }
+    }
+    panic!("no process serves the mill API on {api_addr}")
+}
+
+/// `getconf CLK_TCK` (100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// `utime` and `stime` (clock ticks) of a `/proc/.../stat` line.
+fn stat_times(stat: &str) -> Option<(u64, u64)> {
+    // The command name may hold spaces: the fields start after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
+}
+
+/// User and system CPU ticks of `pid`'s threads whose name passes `keep`.
+fn threads_cpu(pid: u32, keep: impl Fn(&str) -> bool) -> Option<(u64, u64)> {
+    let mut total = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !keep(name.trim()) {
+            continue;
+        }
+        let (user, system) = stat_times(&std::fs::read_to_string(path.join("stat")).ok()?)?;
+        total.0 += user;
+        total.1 += system;
+    }
+    Some(total)
+}
+
+/// User and system CPU ticks of `pid`'s child processes (nginx's workers).
+fn children_cpu(pid: u32) -> Option<(u64, u64)> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    let mut total = (0, 0);
+    for child in children.split_whitespace() {
+        let (user, system) =
+            stat_times(&std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?)?;
+        total.0 += user;
+        total.1 += system;
+    }
+    Some(total)
 }
 
 /// The machine's load averages, as `uptime` shows them.
@@ -275,7 +447,9 @@ fn stop(nginx: &mut Child) {
     nginx.wait().ok();
 }
 
-fn wrk(addr: &str, seconds: u32) -> Run {
+/// One wrk run against `addr`; with `cpu`, the target's CPU time per request in it.
+fn wrk(addr: &str, seconds: u32, cpu: Option<&CpuTicks>) -> Run {
+    let before = cpu.and_then(|f| f());
     let out = Command::new("wrk")
         .args([
             &format!("-t{WRK_THREADS}"),
@@ -288,9 +462,20 @@ fn wrk(addr: &str, seconds: u32) -> Run {
         ])
         .output()
         .expect("wrk runs");
+    let after = cpu.and_then(|f| f());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "wrk failed: {text}");
-    parse_wrk(&text).unwrap_or_else(|| panic!("cannot read wrk's output:\n{text}"))
+    let mut run = parse_wrk(&text).unwrap_or_else(|| panic!("cannot read wrk's output:\n{text}"));
+    if let (Some(before), Some(after)) = (before, after) {
+        let hz = clock_ticks_per_second();
+        let per =
+            |ticks: u64| Duration::from_secs_f64(ticks as f64 / hz / run.requests.max(1) as f64);
+        run.cpu = Some((
+            per(after.0.saturating_sub(before.0)),
+            per(after.1.saturating_sub(before.1)),
+        ));
+    }
+    run
 }
 
 fn parse_wrk(text: &str) -> Option<Run> {
@@ -299,6 +484,14 @@ fn parse_wrk(text: &str) -> Option<Run> {
             .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
     };
     let rps: f64 = field("Requests/sec:")?.parse().ok()?;
+    // "245623 requests in 10.01s, 20.38MB read"
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains(" requests in "))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     let p50 = latency(&field("50%")?)?;
     let p99 = latency(&field("99%")?)?;
     // "Non-2xx or 3xx responses: N" and "Socket errors: connect A, read B, write C, timeout D".
@@ -314,6 +507,8 @@ fn parse_wrk(text: &str) -> Option<Run> {
         p50,
         p99,
         errors,
+        requests,
+        cpu: None,
     })
 }
 
