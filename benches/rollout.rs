@@ -142,6 +142,23 @@ fn reference_round(ctd: &Containerd, namespace: &str, round: usize) -> Duration 
     sum
 }
 
+/// Waits until the node's containerd namespace holds just the `REPLICAS` serving
+/// containers (the agent removes ended ones once its starts are over).
+fn settle(ctd: &Containerd, namespace: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let listed = ctd.ctr_ok(namespace, &["containers", "ls", "-q"]);
+        if listed.lines().filter(|l| !l.trim().is_empty()).count() == REPLICAS {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node still has old containers after {DEADLINE:?}:\n{listed}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The node's `mill::timeline` events written since `offset` of its log, each as (ms
 /// since `since`, message).
 fn timeline(log: &str, offset: usize, since: jiff::Timestamp) -> Vec<(f64, String)> {
@@ -253,6 +270,9 @@ async fn main() {
         assert!(ok, "rollout {round} failed:\n{}", node.log());
         rollouts.push(took);
         let events = timeline(&node.log(), offset, posted);
+        // The reference runs on the same containerd once the node has removed the old
+        // replicas' containers, so neither side's work overlaps the other's.
+        tokio::task::block_in_place(|| settle(&ctd, &node.namespace));
         let reference = tokio::task::block_in_place(|| reference_round(&ctd, reference_ns, round));
         references.push(reference);
         let ((writes, writes_ms), (statuses, statuses_ms)) = write_costs(&events);

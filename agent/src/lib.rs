@@ -36,7 +36,7 @@ use runtime::Containerd;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use supervisor::{Start, LABEL_PORT, LABEL_UID};
+use supervisor::{Report, Start, LABEL_PORT, LABEL_UID};
 use tokio::sync::{mpsc, watch, Notify};
 
 /// The Secret (per namespace) holding registry credentials: one key per registry host
@@ -59,6 +59,8 @@ pub struct Ctx {
     pub meter: usage::Meter,
     /// Images resolved before, so a start does not read them again.
     pub images: image::Cache,
+    /// Container starts in flight, which removals of ended containers wait for.
+    pub starts: supervisor::StartGate,
 }
 
 /// A started agent.
@@ -126,6 +128,7 @@ async fn run(
         logs,
         meter,
         images: image::Cache::default(),
+        starts: supervisor::StartGate::default(),
     });
     ctx_tx.send_replace(Some(ctx.clone()));
 
@@ -157,7 +160,7 @@ async fn run(
         return;
     }
 
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Report>();
     let mut handles: BTreeMap<String, Handle> = BTreeMap::new();
     adopt(&ctx, &reader, &mut handles, &done_tx).await;
 
@@ -248,12 +251,19 @@ async fn run(
         ended.retain(|uid| placed.get(uid).is_some_and(|p| !p.phase.is_terminal()));
         tokio::select! {
             _ = wake.notified() => {}
-            finished = done_rx.recv() => {
-                if let Some(uid) = finished {
+            report = done_rx.recv() => match report {
+                // Its container exited: the port is free, the removal comes later.
+                Some(Report::Exited(uid)) => {
+                    if let Some(h) = handles.get_mut(&uid) {
+                        h.supervised.host_port = 0;
+                    }
+                }
+                Some(Report::Removed(uid)) => {
                     handles.remove(&uid);
                     ended.insert(uid);
                 }
-            }
+                None => {}
+            },
             _ = tokio::time::sleep(ctx.config.timings.resync) => {}
         }
     }
@@ -274,7 +284,7 @@ async fn adopt(
     ctx: &Arc<Ctx>,
     reader: &reflector::Store<Alloc>,
     handles: &mut BTreeMap<String, Handle>,
-    done: &mpsc::UnboundedSender<String>,
+    done: &mpsc::UnboundedSender<Report>,
 ) {
     let containers = match ctx
         .runtime

@@ -23,7 +23,7 @@ pub struct Placed {
 /// An alloc the agent supervises.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Supervised {
-    /// Its host port.
+    /// Its host port; 0 for none, or once its container exited.
     pub host_port: u16,
     /// Whether a stop was already requested.
     pub stopping: bool,
@@ -76,7 +76,8 @@ pub fn plan(
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     let mut ports = PortsInUse::default();
-    for (uid, s) in supervised {
+    // Port 0: none, or freed when its container exited (its removal may still run).
+    for (uid, s) in supervised.iter().filter(|(_, s)| s.host_port != 0) {
         ports.claim(s.host_port, uid);
     }
     for (uid, s) in supervised {
@@ -313,6 +314,33 @@ mod tests {
         .collect();
         let ended: BTreeSet<String> = ["svc".to_string(), "job".to_string()].into();
         assert_eq!(plan(&placed, &BTreeMap::new(), &ended), vec![]);
+    }
+
+    #[test]
+    fn a_port_is_free_once_its_container_exited_while_its_removal_waits() {
+        let placed: BTreeMap<String, Placed> = [
+            placed("old", STOP, Stopped, Some(20001)),
+            placed("new", RUN, Pending, Some(20001)),
+        ]
+        .into_iter()
+        .map(|p| (p.uid.clone(), p))
+        .collect();
+        // Still running (or stopping): it holds the port.
+        let live: BTreeMap<String, Supervised> = [("old".to_string(), sup(20001, true))].into();
+        assert_eq!(
+            plan(&placed, &live, &BTreeSet::new()),
+            vec![Action::WaitForPort {
+                uid: "new".into(),
+                port: 20001,
+                holder: "old".into(),
+            }]
+        );
+        // Exited, not removed yet (port 0): the new alloc starts; the old one is left alone.
+        let exited: BTreeMap<String, Supervised> = [("old".to_string(), sup(0, true))].into();
+        assert_eq!(
+            plan(&placed, &exited, &BTreeSet::new()),
+            vec![Action::Start("new".into())]
+        );
     }
 
     #[test]

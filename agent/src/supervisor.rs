@@ -31,6 +31,91 @@ pub const LABEL_PORT: &str = "mill.dev/host-port";
 /// How long the lease guarding a new container's snapshot lives if the agent dies mid-way.
 const SETUP_LEASE_TTL: Duration = Duration::from_secs(300);
 
+/// What a supervisor tells the agent loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The alloc's container has exited (or never ran) and its terminal phase is written:
+    /// its host port is free for another alloc; the container is not removed yet.
+    Exited(String),
+    /// The container is removed and the supervisor has ended.
+    Removed(String),
+}
+
+/// How long the removal of an ended container waits for the node's container starts to
+/// be over, at most (see [`StartGate`]).
+const REMOVAL_DEFER_MAX: Duration = Duration::from_secs(10);
+/// How long no container start must have begun before a deferred removal goes ahead.
+const REMOVAL_QUIET: Duration = Duration::from_millis(200);
+
+/// The container starts in flight on this node. Removing a container (runc delete, the
+/// rootfs unmount, the snapshot) competes with a start on the same containerd and CPUs;
+/// in a rolling update the old replica's removal overlapped its successor's start, so
+/// ended containers are removed once no start is in flight and none began for
+/// [`REMOVAL_QUIET`] (at most [`REMOVAL_DEFER_MAX`] later).
+#[derive(Debug)]
+pub struct StartGate {
+    /// Starts in flight, and when the last one began.
+    state: watch::Sender<(usize, Instant)>,
+}
+
+impl Default for StartGate {
+    fn default() -> StartGate {
+        StartGate {
+            state: watch::Sender::new((0, Instant::now())),
+        }
+    }
+}
+
+/// One start in flight; it ends when dropped.
+pub struct Starting<'a>(&'a StartGate);
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.state.send_modify(|(n, _)| *n = n.saturating_sub(1));
+    }
+}
+
+impl StartGate {
+    /// Marks a start as in flight until the guard is dropped.
+    pub fn begin(&self) -> Starting<'_> {
+        self.state.send_modify(|(n, at)| {
+            *n += 1;
+            *at = Instant::now();
+        });
+        Starting(self)
+    }
+
+    /// Waits until no start is in flight and none began for `quiet`, or `max` passed.
+    pub async fn quiet(&self, quiet: Duration, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        let mut state = self.state.subscribe();
+        loop {
+            let (in_flight, last) = *state.borrow_and_update();
+            let wait = if in_flight == 0 {
+                match quiet.checked_sub(last.elapsed()) {
+                    None => return,
+                    Some(left) => left,
+                }
+            } else {
+                max
+            };
+            let until = (tokio::time::Instant::now() + wait).min(deadline);
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {
+                    if until >= deadline {
+                        return;
+                    }
+                }
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// How a supervisor begins.
 #[derive(Debug, Clone)]
 pub enum Start {
@@ -66,10 +151,10 @@ pub async fn supervise(
     alloc: Alloc,
     start: Start,
     stop: watch::Receiver<bool>,
-    done: mpsc::UnboundedSender<String>,
+    done: mpsc::UnboundedSender<Report>,
 ) {
     let uid = alloc.metadata.uid.clone().unwrap_or_default();
-    let mut sup = Supervisor::new(ctx, alloc);
+    let mut sup = Supervisor::new(ctx.clone(), alloc);
     let outcome = sup.lifecycle(start, stop).await;
     // The terminal phase is written as soon as the container has exited; removing it comes
     // after (the port stays claimed until `done`), so the rollout does not wait for it.
@@ -88,9 +173,13 @@ pub async fn supervise(
     };
     sup.status(patch).await;
     sup.task_ended();
+    // Nothing runs in the container any more: its port can go to another alloc. Its
+    // removal waits until this node's container starts are over.
+    let _ = done.send(Report::Exited(uid.clone()));
+    ctx.starts.quiet(REMOVAL_QUIET, REMOVAL_DEFER_MAX).await;
     sup.cleanup().await;
     sup.step("cleaned up");
-    let _ = done.send(uid);
+    let _ = done.send(Report::Removed(uid));
 }
 
 struct Supervisor {
@@ -309,6 +398,8 @@ impl Supervisor {
 
     /// Image, spec, container, task: Err with the failure if any step fails.
     async fn create_and_start(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), Outcome> {
+        let ctx = self.ctx.clone();
+        let _starting = ctx.starts.begin();
         let rt = &self.ctx.runtime;
         let image_name = image::canonical(&self.alloc.spec.template.image)
             .map_err(|e| Outcome::Failed(e.to_string(), None))?;
@@ -703,7 +794,7 @@ pub async fn remove_orphan(
     ctx: Arc<Ctx>,
     id: String,
     uid: String,
-    done: mpsc::UnboundedSender<String>,
+    done: mpsc::UnboundedSender<Report>,
 ) {
     let rt = &ctx.runtime;
     if let Ok(Some(TaskState::Running { .. })) = rt.task_get(&id).await {
@@ -713,7 +804,7 @@ pub async fn remove_orphan(
     }
     remove(&ctx, &id).await;
     tracing::info!("removed container {id} (its alloc is gone, stopped or elsewhere)");
-    let _ = done.send(uid);
+    let _ = done.send(Report::Removed(uid));
 }
 
 /// The path to exec for `exe`: once the running `mill` binary is replaced on disk (an
