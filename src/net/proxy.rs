@@ -49,8 +49,11 @@
 //! - **Limits**: bodies are streamed both ways, never buffered, so there is no body size
 //!   limit (backends enforce their own); headers are bounded by hyper's defaults. Timeouts:
 //!   connect `MILL_PROXY_CONNECT_TIMEOUT_MS` (2000, then the next backend), response head
-//!   `MILL_PROXY_RESPONSE_TIMEOUT_MS` (60000, then 504, not retried), client idle / header
-//!   read `MILL_PROXY_IDLE_TIMEOUT_MS` (60000). Idle upstream connections are closed after
+//!   `MILL_PROXY_RESPONSE_TIMEOUT_MS` (60000, then 504, not retried), client idle
+//!   `MILL_PROXY_IDLE_TIMEOUT_MS` (60000: a client connection with no request in flight
+//!   that long after its last response ended, waiting for the next request or the rest of
+//!   its headers, is closed; one timer per connection, HTTP/1.1 and HTTP/2, none once a
+//!   WebSocket tunnel runs on it). Idle upstream connections are closed after
 //!   [`POOL_IDLE`]. Bodies and tunnels have no timeout (long polls, streams).
 //! - **Metrics**: `mill_proxy_requests_total{namespace,service,route,code}` (`code` is
 //!   the class, `2xx`…`5xx`) and `mill_proxy_latency_seconds{namespace,service,route}`
@@ -68,9 +71,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -424,11 +428,10 @@ impl Proxy {
             _ => None,
         };
         let mut server = ServerBuilder::new(TokioExecutor::new());
-        server
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.knobs.idle_timeout)
-            .keep_alive(true);
+        // The idle timeout is the connection's own (`Watched`): one timer per connection
+        // instead of hyper's header-read timer per request.
+        server.http1().header_read_timeout(None).keep_alive(true);
+
         server.http2().timer(TokioTimer::new());
         let index = Index::build(routing.load(), config.metrics.as_ref());
         Ok(Proxy {
@@ -460,13 +463,28 @@ impl Proxy {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let proxy = self.clone();
+        let activity = Arc::new(Activity::default());
+        let io = Watched::new(io, activity.clone(), self.knobs.idle_timeout);
         // Once per connection.
-        let ip = forwarded_ip(peer);
+        let client = Arc::new(Client {
+            proxy: self.clone(),
+            ip: forwarded_ip(peer),
+            activity,
+        });
         let service = hyper::service::service_fn(move |req| {
-            let proxy = proxy.clone();
-            let ip = ip.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, &ip).await) }
+            let client = client.clone();
+            async move {
+                let active = client.activity.start();
+                let response = client.proxy.handle(req, &client.ip).await;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // A tunnel now: no idle timeout from here on.
+                    client.activity.upgraded.store(true, Ordering::Relaxed);
+                }
+                Ok::<_, Infallible>(response.map(|body| ClientBody {
+                    body,
+                    _active: active,
+                }))
+            }
         });
         let served = self
             .server
@@ -783,6 +801,186 @@ impl Proxy {
             }
         });
         Ok(sender)
+    }
+}
+
+/// What the requests of one client connection share.
+struct Client {
+    proxy: Arc<Proxy>,
+    /// The client's IP as `X-Forwarded-For` shows it.
+    ip: HeaderValue,
+    activity: Arc<Activity>,
+}
+
+/// When a client connection was last busy: its idle timeout counts from the end of its
+/// last response while no request is in flight.
+struct Activity {
+    /// Requests whose response (body included) has not ended.
+    in_flight: AtomicU32,
+    /// When the last response ended, in milliseconds since `epoch`.
+    last: AtomicU64,
+    /// A WebSocket tunnel: no timeout.
+    upgraded: AtomicBool,
+    epoch: tokio::time::Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            in_flight: AtomicU32::new(0),
+            last: AtomicU64::new(0),
+            upgraded: AtomicBool::new(false),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Activity {
+    fn start(self: &Arc<Self>) -> Active {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Active(self.clone())
+    }
+
+    /// When the connection stops being busy, if nothing is in flight now.
+    fn idle_since(&self) -> Option<tokio::time::Instant> {
+        (self.in_flight.load(Ordering::Relaxed) == 0)
+            .then(|| self.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+/// One request of a client connection, until its response ended.
+struct Active(Arc<Activity>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let at = self.0.epoch.elapsed().as_millis() as u64;
+        self.0.last.store(at, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A client connection's bytes, closed (a read error) once it has been idle for the idle
+/// timeout: no request in flight and none started since the last response ended (waiting
+/// for the next request, or for the rest of its headers). One timer per connection, moved
+/// only when it fires.
+struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+    timeout: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Whether `timer` holds this task's waker for its current deadline.
+    armed: bool,
+}
+
+impl<I> Watched<I> {
+    fn new(io: I, activity: Arc<Activity>, timeout: Duration) -> Watched<I> {
+        Watched {
+            io,
+            activity,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+            armed: false,
+        }
+    }
+
+    /// The read would block: the timer decides whether it ever may again.
+    fn idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.armed && !self.timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                self.armed = true;
+                return Poll::Pending;
+            }
+            if self.activity.upgraded.load(Ordering::Relaxed) {
+                // Tunnels have no timeout: the timer stays fired, never polled again.
+                self.armed = true;
+                return Poll::Pending;
+            }
+            let now = tokio::time::Instant::now();
+            let until = match self.activity.idle_since() {
+                Some(since) => since + self.timeout,
+                None => now + self.timeout,
+            };
+            if until <= now {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("idle for {:?} (MILL_PROXY_IDLE_TIMEOUT_MS)", self.timeout),
+                )));
+            }
+            self.timer.as_mut().reset(until);
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Pending => this.idle(cx),
+            ready => ready,
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The body of a client's answer, holding its request's [`Active`] until it ends.
+struct ClientBody {
+    body: ProxyBody,
+    _active: Active,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -1187,6 +1385,52 @@ impl Body for ProxyBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads from a client connection whose peer sends nothing until it ends.
+    async fn read_until_end<I: tokio::io::AsyncRead + Unpin>(io: &mut I) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0; 16];
+        while io.read(&mut buf).await? > 0 {}
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_idle_client_connection_times_out_but_not_while_a_request_is_in_flight() {
+        let timeout = Duration::from_millis(100);
+        // Idle from the start: closed with a timeout error.
+        let (_peer, io) = tokio::io::duplex(64);
+        let mut watched = Watched::new(io, Arc::new(Activity::default()), timeout);
+        let err = tokio::time::timeout(Duration::from_secs(30), read_until_end(&mut watched))
+            .await
+            .expect("the idle timeout ends the read")
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+
+        // A request in flight for many timeouts: still open; idle again after it ends.
+        let (_peer, io) = tokio::io::duplex(64);
+        let activity = Arc::new(Activity::default());
+        let active = activity.start();
+        let mut watched = Watched::new(io, activity.clone(), timeout);
+        let still = tokio::time::timeout(timeout * 5, read_until_end(&mut watched)).await;
+        assert!(
+            still.is_err(),
+            "a connection with a request in flight was closed: {still:?}"
+        );
+        drop(active);
+        let err = tokio::time::timeout(Duration::from_secs(30), read_until_end(&mut watched))
+            .await
+            .expect("the idle timeout ends the read once nothing is in flight")
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+
+        // A WebSocket tunnel: no timeout.
+        let (_peer, io) = tokio::io::duplex(64);
+        let activity = Arc::new(Activity::default());
+        activity.upgraded.store(true, Ordering::Relaxed);
+        let mut watched = Watched::new(io, activity, timeout);
+        let still = tokio::time::timeout(timeout * 5, read_until_end(&mut watched)).await;
+        assert!(still.is_err(), "a tunnel was closed: {still:?}");
+    }
 
     #[test]
     fn prefixes_match_at_segment_boundaries() {
