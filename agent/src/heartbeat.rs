@@ -59,6 +59,10 @@ pub async fn run(ctx: Arc<Ctx>, allocs: Store<Alloc>) {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let capacity = capacity();
     let mut tick = tokio::time::interval(ctx.config.timings.heartbeat_interval);
+    // The first tick can come before the daemon has registered the Node: a 404 then is
+    // not worth a warning. After one renewal went through, a 404 means the node was
+    // removed from the cluster.
+    let mut renewed = false;
     loop {
         tick.tick().await;
         if !ctx.runtime.ping().await {
@@ -75,18 +79,30 @@ pub async fn run(ctx: Arc<Ctx>, allocs: Store<Alloc>) {
             "allocCount": count,
             "lastHeartbeat": crate::status::now(),
         }});
-        if let Err(e) = nodes
+        let renewal = nodes
             .patch_status(
                 &ctx.config.node_name,
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
-            .await
-        {
-            tracing::warn!(
+            .await;
+        match renewal {
+            Ok(_) => renewed = true,
+            Err(kube::Error::Api(status)) if status.code == 404 && !renewed => {
+                tracing::debug!(
+                    "node {} is not registered yet; heartbeat on the next tick",
+                    ctx.config.node_name
+                );
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => tracing::warn!(
+                "node {} is no longer in the cluster (removed with `mill remove`?): \
+                 its heartbeat has nothing to renew; stop this mill process",
+                ctx.config.node_name
+            ),
+            Err(e) => tracing::warn!(
                 "cannot renew the heartbeat of node {}: {e}",
                 ctx.config.node_name
-            );
+            ),
         }
     }
 }
