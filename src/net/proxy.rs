@@ -1394,17 +1394,22 @@ mod tests {
         Ok(())
     }
 
+    /// Reads until the connection ends; it must end with the idle timeout's error.
+    async fn assert_times_out<I: tokio::io::AsyncRead + Unpin>(io: &mut I, what: &str) {
+        let err = tokio::time::timeout(Duration::from_secs(30), read_until_end(io))
+            .await
+            .expect(what)
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    }
+
     #[tokio::test]
     async fn an_idle_client_connection_times_out_but_not_while_a_request_is_in_flight() {
         let timeout = Duration::from_millis(100);
         // Idle from the start: closed with a timeout error.
         let (_peer, io) = tokio::io::duplex(64);
         let mut watched = Watched::new(io, Arc::new(Activity::default()), timeout);
-        let err = tokio::time::timeout(Duration::from_secs(30), read_until_end(&mut watched))
-            .await
-            .expect("the idle timeout ends the read")
-            .unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        assert_times_out(&mut watched, "the idle timeout ends the read").await;
 
         // A request in flight for many timeouts: still open; idle again after it ends.
         let (_peer, io) = tokio::io::duplex(64);
@@ -1417,11 +1422,11 @@ mod tests {
             "a connection with a request in flight was closed: {still:?}"
         );
         drop(active);
-        let err = tokio::time::timeout(Duration::from_secs(30), read_until_end(&mut watched))
-            .await
-            .expect("the idle timeout ends the read once nothing is in flight")
-            .unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        assert_times_out(
+            &mut watched,
+            "the idle timeout ends the read once nothing is in flight",
+        )
+        .await;
 
         // A WebSocket tunnel: no timeout.
         let (_peer, io) = tokio::io::duplex(64);
