@@ -8,13 +8,21 @@
 //!   (on the daemon's shared multi-threaded runtime, cross-thread wakeups and task hops
 //!   were most of the cost: `benches/README.md`). `Proxy::serve_connection` serves any
 //!   byte stream (TCP, TLS) on any runtime.
-//! - **Upstream connections**: hyper's HTTP/1.1 client connections, pooled per proxy
-//!   thread (a thread-local list: no lock; a connection's task runs on the thread that
-//!   opened it), keyed by the backend's alloc and address, the most recently used first, at
-//!   most `POOL_MAX` (256) per thread. A connection goes back to the pool when its response body
-//!   ended and the request's body went out in full; a pooled connection the backend closed
-//!   meanwhile is detected before use, and one that takes nothing (closed as the request
-//!   was handed to it) gets the request again on a new connection to the same backend.
+//! - **Upstream connections**: HTTP/1.1, pooled per proxy thread (thread-local lists: no
+//!   lock), keyed by the backend's alloc and address, the most recently used first, at most
+//!   `POOL_MAX` (256) per thread and kind. A request without a body and without an upgrade
+//!   (nearly all) goes through the proxy's own client ([`upstream`]: request head encoded
+//!   with the forwarded headers, response head parsed with httparse, the body read from the
+//!   connection as the client's response body polls it, all in the client connection's
+//!   task: no second task, queue or channel per request). A request with a body or a
+//!   WebSocket upgrade goes through hyper's `client::conn::http1` (the request body
+//!   streamed while the response comes; a connection's task runs on the thread that opened
+//!   it). A connection goes back to the pool when its response body ended (and the
+//!   request's body went out in full, and the backend keeps it alive); a pooled connection
+//!   the backend closed meanwhile is detected before use, and one that takes nothing
+//!   (closed as the request was handed to it) gets the request again on a new connection
+//!   to the same backend (a bodiless idempotent request also when it went out and nothing
+//!   came back).
 //! - **Routing**: the Host (URI authority for HTTP/2 and absolute-form requests, else the
 //!   `Host` header; port and a trailing dot stripped, case-insensitive) and the longest
 //!   matching path prefix across every service's routes. A prefix matches at a segment
@@ -79,6 +87,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
+
+mod upstream;
 
 /// The most backends one request tries.
 pub const MAX_ATTEMPTS: usize = 4;
@@ -606,6 +616,21 @@ impl Proxy {
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
+        if !websocket && body.is_end_stream() && parts.method != Method::CONNECT {
+            let request = upstream::Request {
+                method: &parts.method,
+                uri: &parts.uri,
+                headers: &headers,
+                ip,
+                host: raw_host,
+                proto: if self.acceptor.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+            };
+            return self.forward_raw(&request, table, service).await;
+        }
         forwarded_headers(&mut headers, ip, raw_host);
         if self.acceptor.is_some() {
             static PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -636,12 +661,12 @@ impl Proxy {
         });
         let body = UpSource::new(body);
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried = Tried::default();
         let mut last_error = String::new();
         let backends = &service.backends;
         let attempts = backends.len().min(MAX_ATTEMPTS);
         for attempt in 0..attempts {
-            let Some(i) = pick(backends, &tried, turn) else {
+            let Some(i) = pick(backends, tried.as_slice(), turn) else {
                 break;
             };
             tried.push(i);
@@ -671,21 +696,114 @@ impl Proxy {
                         break;
                     }
                 }
-                Exchange::TimedOut => {
-                    return text(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "{} did not answer within {:?}",
-                            backend.alloc.name, self.knobs.response_timeout
-                        ),
-                    )
-                }
+                Exchange::TimedOut => return self.timed_out(backend),
             }
         }
         text(
             StatusCode::BAD_GATEWAY,
             format!("service {}: {last_error}", service.name.name),
         )
+    }
+
+    /// [`forward`](Self::forward) for a request without a body or upgrade, with the
+    /// proxy's own HTTP/1.1 client (`upstream`) in this task; the same choice of backends
+    /// and the same retry rules.
+    async fn forward_raw(
+        &self,
+        request: &upstream::Request<'_>,
+        table: &Arc<RoutingTable>,
+        service: &ServiceRoutes,
+    ) -> Response<ProxyBody> {
+        let retry_after_send = idempotent(request.method);
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let mut tried = Tried::default();
+        let mut last_error = String::new();
+        let backends = &service.backends;
+        let attempts = backends.len().min(MAX_ATTEMPTS);
+        for _ in 0..attempts {
+            let Some(i) = pick(backends, tried.as_slice(), turn) else {
+                break;
+            };
+            tried.push(i);
+            let backend = &backends[i];
+            let in_flight = backend.load.start();
+            // As in `forward`: counted first, then checked against the newest table.
+            if !self.listed(table, service, backend) {
+                drop(in_flight);
+                last_error = format!("{} left the routing table", backend.alloc.name);
+                continue;
+            }
+            match self.exchange_raw(backend, request, retry_after_send).await {
+                RawExchange::Answered(conn, answer) => {
+                    return raw_respond(conn, answer, in_flight, backend)
+                }
+                RawExchange::NotSent(error) => last_error = error,
+                RawExchange::Failed(error) => {
+                    last_error = error;
+                    if !retry_after_send {
+                        break;
+                    }
+                }
+                RawExchange::TimedOut => return self.timed_out(backend),
+            }
+        }
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!("service {}: {last_error}", service.name.name),
+        )
+    }
+
+    fn timed_out(&self, backend: &Backend) -> Response<ProxyBody> {
+        text(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "{} did not answer within {:?}",
+                backend.alloc.name, self.knobs.response_timeout
+            ),
+        )
+    }
+
+    /// One bodiless request to one backend, on a pooled connection of this thread or a
+    /// new one. A pooled connection the backend closed as the request went out gets it
+    /// once more on a new connection, if that is safe: nothing went out, or the request
+    /// is idempotent and nothing came back.
+    async fn exchange_raw(
+        &self,
+        backend: &Backend,
+        request: &upstream::Request<'_>,
+        idempotent: bool,
+    ) -> RawExchange {
+        let mut pooled = checkout(&RAW_POOL, backend);
+        loop {
+            let reused = pooled.is_some();
+            let mut conn = match pooled.take() {
+                Some(conn) => conn,
+                None => match self.connect_tcp(backend).await {
+                    Ok(stream) => upstream::Conn::new(stream),
+                    Err(error) => return RawExchange::NotSent(error),
+                },
+            };
+            let sent = tokio::time::timeout(
+                self.knobs.response_timeout,
+                upstream::send(&mut conn, request),
+            );
+            match sent.await {
+                Err(_) => return RawExchange::TimedOut,
+                Ok(Ok(answer)) => return RawExchange::Answered(conn, answer),
+                Ok(Err(err)) => {
+                    tracing::debug!("ingress proxy: {} failed: {}", backend.address, err.message);
+                    if reused && !err.received && (!err.written || idempotent) {
+                        continue;
+                    }
+                    let message = format!("{} failed: {}", backend.alloc.name, err.message);
+                    return if err.written {
+                        RawExchange::Failed(message)
+                    } else {
+                        RawExchange::NotSent(message)
+                    };
+                }
+            }
+        }
     }
 
     /// One request to one backend, on a pooled connection of this thread or a new one.
@@ -702,7 +820,7 @@ impl Proxy {
         // on a new one.
         let mut pooled = true;
         loop {
-            let sender = match pooled.then(|| checkout(backend)).flatten() {
+            let sender = match pooled.then(|| checkout(&POOL, backend)).flatten() {
                 Some(mut sender) => match sender.ready().await {
                     Ok(()) => Some(sender),
                     Err(_) => continue,
@@ -765,15 +883,8 @@ impl Proxy {
         }
     }
 
-    /// A new HTTP/1.1 connection to `backend`, driven by a task of its own on this thread.
-    async fn connect(&self, backend: &Backend) -> Result<up::SendRequest<UpBody>, String> {
-        let cannot = |err: &dyn std::fmt::Display| {
-            tracing::debug!(
-                "ingress proxy: cannot connect to {}: {err}",
-                backend.address
-            );
-            format!("cannot connect to {}: {err}", backend.alloc.name)
-        };
+    /// A new TCP connection to `backend` (`TCP_NODELAY` set).
+    async fn connect_tcp(&self, backend: &Backend) -> Result<TcpStream, String> {
         let stream = match tokio::time::timeout(
             self.knobs.connect_timeout,
             TcpStream::connect(backend.address),
@@ -781,19 +892,25 @@ impl Proxy {
         .await
         {
             Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => return Err(cannot(&err)),
+            Ok(Err(err)) => return Err(cannot_connect(backend, &err)),
             Err(_) => {
-                return Err(cannot(&format_args!(
-                    "no answer within {:?}",
-                    self.knobs.connect_timeout
-                )))
+                return Err(cannot_connect(
+                    backend,
+                    &format_args!("no answer within {:?}", self.knobs.connect_timeout),
+                ))
             }
         };
         stream.set_nodelay(true).ok();
+        Ok(stream)
+    }
+
+    /// A new HTTP/1.1 connection to `backend`, driven by a task of its own on this thread.
+    async fn connect(&self, backend: &Backend) -> Result<up::SendRequest<UpBody>, String> {
+        let stream = self.connect_tcp(backend).await?;
         let (sender, connection) = up::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|err| cannot(&source_chain(&err)))?;
+            .map_err(|err| cannot_connect(backend, &source_chain(&err)))?;
         let address = backend.address;
         tokio::spawn(async move {
             if let Err(err) = connection.with_upgrades().await {
@@ -802,6 +919,68 @@ impl Proxy {
         });
         Ok(sender)
     }
+}
+
+/// Why a connection to `backend` was not made, logged.
+fn cannot_connect(backend: &Backend, err: &dyn std::fmt::Display) -> String {
+    tracing::debug!(
+        "ingress proxy: cannot connect to {}: {err}",
+        backend.address
+    );
+    format!("cannot connect to {}: {err}", backend.alloc.name)
+}
+
+/// The backends one request tried, in order (no allocation).
+#[derive(Default)]
+struct Tried {
+    list: [usize; MAX_ATTEMPTS],
+    len: usize,
+}
+
+impl Tried {
+    fn push(&mut self, i: usize) {
+        if self.len < MAX_ATTEMPTS {
+            self.list[self.len] = i;
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        &self.list[..self.len]
+    }
+}
+
+/// What one bodiless request to one backend came to (`upstream`).
+enum RawExchange {
+    /// A response head, and the connection its body comes on.
+    Answered(upstream::Conn, upstream::Answer),
+    /// Nothing was sent (connect failed, or the connection took nothing).
+    NotSent(String),
+    /// Sent, at least in part, and no response head.
+    Failed(String),
+    /// No response head within the response timeout.
+    TimedOut,
+}
+
+/// The client's answer from a backend's response head read by `upstream`.
+fn raw_respond(
+    conn: upstream::Conn,
+    answer: upstream::Answer,
+    in_flight: InFlight,
+    backend: &Backend,
+) -> Response<ProxyBody> {
+    let body = upstream::RawBody::new(
+        conn,
+        &answer,
+        in_flight,
+        backend.address,
+        backend.load.clone(),
+    );
+    let mut response = Response::new(ProxyBody::Raw(body));
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers;
+    strip_hop_by_hop(response.headers_mut());
+    response
 }
 
 /// What the requests of one client connection share.
@@ -1061,74 +1240,117 @@ fn respond(
     )
 }
 
-/// Idle upstream connections of this thread.
-struct Idle {
+/// An idle upstream connection of this thread: hyper's (`C` = its `SendRequest`) or the
+/// proxy's own (`upstream::Conn`).
+struct Idle<C> {
     address: SocketAddr,
     load: Arc<Load>,
-    sender: up::SendRequest<UpBody>,
+    conn: C,
     since: Instant,
 }
 
-/// The most idle upstream connections one proxy thread keeps.
+/// What a pooled connection can say about itself.
+trait Pooled {
+    /// Whether the backend closed it.
+    fn is_closed(&self) -> bool;
+}
+
+impl Pooled for up::SendRequest<UpBody> {
+    fn is_closed(&self) -> bool {
+        up::SendRequest::is_closed(self)
+    }
+}
+
+impl Pooled for upstream::Conn {
+    fn is_closed(&self) -> bool {
+        upstream::Conn::is_closed(self)
+    }
+}
+
+/// The most idle upstream connections one proxy thread keeps (of each kind).
 const POOL_MAX: usize = 256;
+
+type Pool<C> = std::cell::RefCell<Vec<Idle<C>>>;
 
 thread_local! {
     /// Each proxy thread pools its own upstream connections: checking one out takes no
     /// lock and its connection task runs on the same thread.
-    static POOL: std::cell::RefCell<Vec<Idle>> = const { std::cell::RefCell::new(Vec::new()) };
+    static POOL: Pool<up::SendRequest<UpBody>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The proxy's own connections (`upstream`), for requests without a body.
+    static RAW_POOL: Pool<upstream::Conn> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// An idle connection to `backend` (the same alloc at the same address), newest first.
-fn checkout(backend: &Backend) -> Option<up::SendRequest<UpBody>> {
-    POOL.with_borrow_mut(|pool| {
+fn checkout<C: Pooled + 'static>(
+    pool: &'static std::thread::LocalKey<Pool<C>>,
+    backend: &Backend,
+) -> Option<C> {
+    pool.with_borrow_mut(|pool| {
         let now = Instant::now();
         while let Some(at) = pool
             .iter()
             .rposition(|i| i.address == backend.address && Arc::ptr_eq(&i.load, &backend.load))
         {
             let idle = pool.swap_remove(at);
-            if !idle.sender.is_closed() && now.duration_since(idle.since) < POOL_IDLE {
-                return Some(idle.sender);
+            if !idle.conn.is_closed() && now.duration_since(idle.since) < POOL_IDLE {
+                return Some(idle.conn);
             }
         }
         None
     })
 }
 
-fn checkin(reuse: Reuse) {
-    if reuse.sender.is_closed() {
-        return;
-    }
+fn checkin<C: 'static>(
+    pool: &'static std::thread::LocalKey<Pool<C>>,
+    address: SocketAddr,
+    load: Arc<Load>,
+    conn: C,
+) {
     // Not during the thread's teardown (then the connection just closes).
-    let _ = POOL.try_with(|pool| {
+    let _ = pool.try_with(|pool| {
         let mut pool = pool.borrow_mut();
         if pool.len() >= POOL_MAX {
             pool.remove(0);
         }
         pool.push(Idle {
-            address: reuse.address,
-            load: reuse.load,
-            sender: reuse.sender,
+            address,
+            load,
+            conn,
             since: Instant::now(),
         });
     });
 }
 
+/// Gives a connection of the proxy's own client back to this thread's pool.
+fn checkin_raw(key: &RawPoolKey, conn: upstream::Conn) {
+    checkin(&RAW_POOL, key.address, key.load.clone(), conn);
+}
+
+/// Which backend a connection of the proxy's own client belongs to.
+struct RawPoolKey {
+    address: SocketAddr,
+    load: Arc<Load>,
+}
+
 /// Closes this thread's upstream connections idle longer than [`POOL_IDLE`], forever.
 async fn sweep_pool() {
-    let mut every = tokio::time::interval(POOL_IDLE / 4);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
+    fn sweep<C: Pooled + 'static>(pool: &'static std::thread::LocalKey<Pool<C>>) {
         let now = Instant::now();
-        let expired: Vec<Idle> = POOL.with_borrow_mut(|pool| {
+        let expired: Vec<Idle<C>> = pool.with_borrow_mut(|pool| {
             let (keep, expired) = std::mem::take(pool)
                 .into_iter()
-                .partition(|i| !i.sender.is_closed() && now.duration_since(i.since) < POOL_IDLE);
+                .partition(|i| !i.conn.is_closed() && now.duration_since(i.since) < POOL_IDLE);
             *pool = keep;
             expired
         });
         drop(expired);
+    }
+    let mut every = tokio::time::interval(POOL_IDLE / 4);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        sweep(&POOL);
+        sweep(&RAW_POOL);
     }
 }
 
@@ -1291,8 +1513,10 @@ impl Body for UpBody {
 
 /// The body of the client's answer: the backend's, or the proxy's own.
 enum ProxyBody {
-    /// From the backend.
+    /// From the backend, through hyper's client.
     Upstream(UpstreamBody),
+    /// From the backend, through the proxy's own client (`upstream`).
+    Raw(upstream::RawBody),
     /// The proxy's own (or empty).
     Full(Option<Bytes>),
 }
@@ -1324,8 +1548,8 @@ impl UpstreamBody {
                 .sent
                 .as_ref()
                 .is_none_or(|s| s.finished.load(Ordering::SeqCst));
-            if sent {
-                checkin(reuse);
+            if sent && !reuse.sender.is_closed() {
+                checkin(&POOL, reuse.address, reuse.load, reuse.sender);
             }
         }
     }
@@ -1361,6 +1585,7 @@ impl Body for ProxyBody {
                 }
                 polled.map(|f| f.map(|f| f.map_err(Into::into)))
             }
+            ProxyBody::Raw(raw) => Pin::new(raw).poll_frame(cx),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -1368,6 +1593,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream(up) => up.body.is_end_stream(),
+            ProxyBody::Raw(raw) => raw.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
         }
     }
@@ -1375,6 +1601,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream(up) => up.body.size_hint(),
+            ProxyBody::Raw(raw) => raw.size_hint(),
             ProxyBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
