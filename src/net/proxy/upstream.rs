@@ -660,6 +660,147 @@ mod tests {
         assert!(chunked_step(&mut bad, Chunk::Size).is_err());
     }
 
+    /// A backend answering canned responses by path, counting its connections.
+    async fn canned_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                        }
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                            seen.drain(..end + 4);
+                            let line = head.lines().next().unwrap_or_default().to_string();
+                            let parts: Vec<&str> = line.split(' ').collect();
+                            let answer: &[&[u8]] = match (parts[0], parts[1]) {
+                                ("HEAD", _) => &[b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"],
+                                (_, "/len") => {
+                                    &[b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"]
+                                }
+                                (_, "/chunked") => &[
+                                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
+                                    b"c\r\n3\r\ndef\r\n0\r\nX-Trailer: t\r\n\r\n",
+                                ],
+                                _ => &[b"HTTP/1.1 200 OK\r\n\r\nuntil close"],
+                            };
+                            for part in answer {
+                                stream.write_all(part).await.unwrap();
+                                stream.flush().await.unwrap();
+                                tokio::task::yield_now().await;
+                            }
+                            if answer.len() == 1
+                                && !answer[0].ends_with(b"\r\n")
+                                && !answer[0].ends_with(b"\n")
+                            {
+                                return; // close-delimited: the end of the body is the close
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// One request through `upstream` to `backend`: status, body, whether a pooled
+    /// connection took it.
+    async fn fetch(
+        backend: &super::super::Backend,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, Vec<u8>, bool) {
+        let pooled = super::super::checkout(&super::super::RAW_POOL, backend);
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => Conn::new(TcpStream::connect(backend.address).await.unwrap()),
+        };
+        let uri: Uri = path.parse().unwrap();
+        let headers = HeaderMap::new();
+        let host = HeaderValue::from_static("a.test");
+        let request = Request {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+            ip: &host,
+            host: &host,
+            proto: "http",
+        };
+        let answer = send(&mut conn, &request).await.unwrap();
+        let status = answer.status;
+        let mut body = RawBody::new(
+            conn,
+            &answer,
+            backend.load.start(),
+            backend.address,
+            backend.load.clone(),
+        );
+        let mut data = Vec::new();
+        while !body.is_end_stream() {
+            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                Some(frame) => data.extend_from_slice(frame.unwrap().data_ref().unwrap()),
+                None => break,
+            }
+        }
+        drop(body);
+        assert_eq!(
+            backend.load.in_flight(),
+            0,
+            "the body's end ends the request"
+        );
+        (status, data, reused)
+    }
+
+    #[tokio::test]
+    async fn responses_of_a_real_connection_come_through_and_the_connection_is_reused() {
+        use std::sync::atomic::Ordering;
+        let (addr, accepted) = canned_backend().await;
+        let backend = super::super::Backend {
+            alloc: crate::net::table::Name {
+                namespace: "default".into(),
+                name: "a".into(),
+            },
+            node: "node-1".into(),
+            address: addr,
+            load: Arc::new(Load::default()),
+        };
+        assert_eq!(
+            fetch(&backend, Method::GET, "/len").await,
+            (StatusCode::OK, b"ok\n".to_vec(), false)
+        );
+        assert_eq!(
+            fetch(&backend, Method::GET, "/chunked").await,
+            (StatusCode::OK, b"abcdef".to_vec(), true)
+        );
+        assert_eq!(
+            fetch(&backend, Method::HEAD, "/len").await,
+            (StatusCode::OK, Vec::new(), true)
+        );
+        assert_eq!(
+            fetch(&backend, Method::GET, "/close").await,
+            (StatusCode::OK, b"until close".to_vec(), true)
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // The close-delimited body used its connection up: the next request opens one.
+        assert_eq!(
+            fetch(&backend, Method::GET, "/len").await,
+            (StatusCode::OK, b"ok\n".to_vec(), false)
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
     #[test]
     fn request_heads_carry_the_forwarded_headers() {
         let mut headers = HeaderMap::new();
