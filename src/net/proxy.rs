@@ -55,14 +55,18 @@
 //!   task and ignores later table changes. Other `Upgrade` values (h2c) are dropped as
 //!   hop-by-hop and the request is proxied as a plain one.
 //! - **Limits**: bodies are streamed both ways, never buffered, so there is no body size
-//!   limit (backends enforce their own); headers are bounded by hyper's defaults. Timeouts:
+//!   limit (backends enforce their own); client headers are bounded by hyper's defaults,
+//!   a backend's response head read by [`upstream`] by 64 KiB and 100 headers. Timeouts:
 //!   connect `MILL_PROXY_CONNECT_TIMEOUT_MS` (2000, then the next backend), response head
-//!   `MILL_PROXY_RESPONSE_TIMEOUT_MS` (60000, then 504, not retried), client idle
+//!   `MILL_PROXY_RESPONSE_TIMEOUT_MS` (60000, then 504, not retried; for bodiless requests
+//!   checked on the proxy thread's tick of 1/32 of it, [`deadline`], so it fires up to
+//!   1/16 late, instead of a tokio timer per request), client idle
 //!   `MILL_PROXY_IDLE_TIMEOUT_MS` (60000: a client connection with no request in flight
 //!   that long after its last response ended, waiting for the next request or the rest of
 //!   its headers, is closed; one timer per connection, HTTP/1.1 and HTTP/2, none once a
-//!   WebSocket tunnel runs on it). Idle upstream connections are closed after
-//!   [`POOL_IDLE`]. Bodies and tunnels have no timeout (long polls, streams).
+//!   WebSocket tunnel runs on it). Idle upstream connections are closed after 3/4 to all
+//!   of [`POOL_IDLE`] (a tick count, no clock read per request). Bodies and tunnels have no
+//!   timeout (long polls, streams).
 //! - **Metrics**: `mill_proxy_requests_total{namespace,service,route,code}` (`code` is
 //!   the class, `2xx`…`5xx`) and `mill_proxy_latency_seconds{namespace,service,route}`
 //!   (request → response head) for every request that matched a route.
@@ -88,7 +92,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
+mod deadline;
 mod upstream;
+
+use deadline::within;
 
 /// The most backends one request tries.
 pub const MAX_ATTEMPTS: usize = 4;
@@ -181,6 +188,9 @@ fn worker(i: usize, proxy: Arc<Proxy>) -> std::io::Result<Handoff> {
         .spawn(move || {
             runtime.block_on(async move {
                 tokio::spawn(sweep_pool());
+                tokio::spawn(deadline::tick(deadline::tick_for(
+                    proxy.knobs.response_timeout,
+                )));
                 while let Some((stream, peer)) = connections.recv().await {
                     match TcpStream::from_std(stream) {
                         Ok(stream) => {
@@ -569,7 +579,17 @@ impl Proxy {
                 format!("no route for {host}{}", req.uri().path()),
             );
         };
-        let response = self.forward(req, ip, &raw_host, &index.table, route).await;
+        let response = if !wants_websocket(&req)
+            && req.body().is_end_stream()
+            && req.method() != Method::CONNECT
+        {
+            self.forward_bodiless(req, ip, &raw_host, &index.table, route)
+                .await
+        } else {
+            // Boxed: hyper's client and the connect it may need make a large future, which
+            // would otherwise be moved into place for every request.
+            Box::pin(self.forward(req, ip, &raw_host, &index.table, route)).await
+        };
         if let Some(metrics) = &route.metrics {
             metrics.observe(response.status(), began.elapsed());
         }
@@ -599,13 +619,7 @@ impl Proxy {
             );
         }
         if service.backends.is_empty() {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "service {} has no healthy instance right now; retry shortly",
-                    service.name.name
-                ),
-            );
+            return no_backend(service);
         }
         let (mut parts, body) = req.into_parts();
         let downstream = if websocket {
@@ -616,21 +630,6 @@ impl Proxy {
         let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
-        if !websocket && body.is_end_stream() && parts.method != Method::CONNECT {
-            let request = upstream::Request {
-                method: &parts.method,
-                uri: &parts.uri,
-                headers: &headers,
-                ip,
-                host: raw_host,
-                proto: if self.acceptor.is_some() {
-                    "https"
-                } else {
-                    "http"
-                },
-            };
-            return self.forward_raw(&request, table, service).await;
-        }
         forwarded_headers(&mut headers, ip, raw_host);
         if self.acceptor.is_some() {
             static PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -708,6 +707,35 @@ impl Proxy {
     /// [`forward`](Self::forward) for a request without a body or upgrade, with the
     /// proxy's own HTTP/1.1 client (`upstream`) in this task; the same choice of backends
     /// and the same retry rules.
+    async fn forward_bodiless(
+        &self,
+        req: Request<Incoming>,
+        ip: &HeaderValue,
+        raw_host: &HeaderValue,
+        table: &Arc<RoutingTable>,
+        route: &RouteEntry,
+    ) -> Response<ProxyBody> {
+        let service = &route.service;
+        if service.backends.is_empty() {
+            return no_backend(service);
+        }
+        let (mut parts, _) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let request = upstream::Request {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            ip,
+            host: raw_host,
+            proto: if self.acceptor.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+        };
+        self.forward_raw(&request, table, service).await
+    }
+
     async fn forward_raw(
         &self,
         request: &upstream::Request<'_>,
@@ -778,16 +806,17 @@ impl Proxy {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(conn) => conn,
-                None => match self.connect_tcp(backend).await {
+                // Boxed: a connect's future is large and rare with keep-alive.
+                None => match Box::pin(self.connect_tcp(backend)).await {
                     Ok(stream) => upstream::Conn::new(stream),
                     Err(error) => return RawExchange::NotSent(error),
                 },
             };
-            let sent = tokio::time::timeout(
-                self.knobs.response_timeout,
-                upstream::send(&mut conn, request),
-            );
-            match sent.await {
+            let outcome = {
+                let sent = std::pin::pin!(upstream::send(&mut conn, request));
+                within(self.knobs.response_timeout, sent).await
+            };
+            match outcome {
                 Err(_) => return RawExchange::TimedOut,
                 Ok(Ok(answer)) => return RawExchange::Answered(conn, answer),
                 Ok(Err(err)) => {
@@ -919,6 +948,17 @@ impl Proxy {
         });
         Ok(sender)
     }
+}
+
+/// The answer for a route whose service has no backend.
+fn no_backend(service: &ServiceRoutes) -> Response<ProxyBody> {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "service {} has no healthy instance right now; retry shortly",
+            service.name.name
+        ),
+    )
 }
 
 /// Why a connection to `backend` was not made, logged.
@@ -1246,7 +1286,8 @@ struct Idle<C> {
     address: SocketAddr,
     load: Arc<Load>,
     conn: C,
-    since: Instant,
+    /// The pool's tick when it went idle.
+    since: u64,
 }
 
 /// What a pooled connection can say about itself.
@@ -1269,6 +1310,10 @@ impl Pooled for upstream::Conn {
 
 /// The most idle upstream connections one proxy thread keeps (of each kind).
 const POOL_MAX: usize = 256;
+/// The pool's clock ticks this many times per [`POOL_IDLE`]: a connection idle for
+/// `POOL_TICKS` ticks (3/4 to all of `POOL_IDLE`) is closed. A tick count instead of a clock
+/// read for every check-in and checkout.
+const POOL_TICKS: u64 = 4;
 
 type Pool<C> = std::cell::RefCell<Vec<Idle<C>>>;
 
@@ -1278,6 +1323,13 @@ thread_local! {
     static POOL: Pool<up::SendRequest<UpBody>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The proxy's own connections (`upstream`), for requests without a body.
     static RAW_POOL: Pool<upstream::Conn> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The pool's clock (`sweep_pool` moves it).
+    static POOL_TICK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether an idle connection has been idle too long.
+fn expired(since: u64, now: u64) -> bool {
+    now.saturating_sub(since) >= POOL_TICKS
 }
 
 /// An idle connection to `backend` (the same alloc at the same address), newest first.
@@ -1285,14 +1337,14 @@ fn checkout<C: Pooled + 'static>(
     pool: &'static std::thread::LocalKey<Pool<C>>,
     backend: &Backend,
 ) -> Option<C> {
+    let now = POOL_TICK.get();
     pool.with_borrow_mut(|pool| {
-        let now = Instant::now();
         while let Some(at) = pool
             .iter()
             .rposition(|i| i.address == backend.address && Arc::ptr_eq(&i.load, &backend.load))
         {
             let idle = pool.swap_remove(at);
-            if !idle.conn.is_closed() && now.duration_since(idle.since) < POOL_IDLE {
+            if !idle.conn.is_closed() && !expired(idle.since, now) {
                 return Some(idle.conn);
             }
         }
@@ -1307,6 +1359,7 @@ fn checkin<C: 'static>(
     conn: C,
 ) {
     // Not during the thread's teardown (then the connection just closes).
+    let since = POOL_TICK.try_with(|t| t.get()).unwrap_or_default();
     let _ = pool.try_with(|pool| {
         let mut pool = pool.borrow_mut();
         if pool.len() >= POOL_MAX {
@@ -1316,7 +1369,7 @@ fn checkin<C: 'static>(
             address,
             load,
             conn,
-            since: Instant::now(),
+            since,
         });
     });
 }
@@ -1332,25 +1385,28 @@ struct RawPoolKey {
     load: Arc<Load>,
 }
 
-/// Closes this thread's upstream connections idle longer than [`POOL_IDLE`], forever.
+/// Moves this thread's pool clock every [`POOL_IDLE`] / [`POOL_TICKS`] and closes the
+/// upstream connections idle for [`POOL_TICKS`] ticks, forever.
 async fn sweep_pool() {
-    fn sweep<C: Pooled + 'static>(pool: &'static std::thread::LocalKey<Pool<C>>) {
-        let now = Instant::now();
-        let expired: Vec<Idle<C>> = pool.with_borrow_mut(|pool| {
-            let (keep, expired) = std::mem::take(pool)
+    fn sweep<C: Pooled + 'static>(pool: &'static std::thread::LocalKey<Pool<C>>, now: u64) {
+        let gone: Vec<Idle<C>> = pool.with_borrow_mut(|pool| {
+            let (keep, gone) = std::mem::take(pool)
                 .into_iter()
-                .partition(|i| !i.conn.is_closed() && now.duration_since(i.since) < POOL_IDLE);
+                .partition(|i| !i.conn.is_closed() && !expired(i.since, now));
             *pool = keep;
-            expired
+            gone
         });
-        drop(expired);
+        drop(gone);
     }
-    let mut every = tokio::time::interval(POOL_IDLE / 4);
+    let mut every = tokio::time::interval(POOL_IDLE / POOL_TICKS as u32);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
     loop {
         every.tick().await;
-        sweep(&POOL);
-        sweep(&RAW_POOL);
+        let now = POOL_TICK.get() + 1;
+        POOL_TICK.set(now);
+        sweep(&POOL, now);
+        sweep(&RAW_POOL, now);
     }
 }
 
