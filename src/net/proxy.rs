@@ -11,7 +11,7 @@
 //! - **Upstream connections**: HTTP/1.1, pooled per proxy thread (thread-local lists: no
 //!   lock), keyed by the backend's alloc and address, the most recently used first, at most
 //!   `POOL_MAX` (256) per thread and kind. A request without a body and without an upgrade
-//!   (nearly all) goes through the proxy's own client ([`upstream`]: request head encoded
+//!   (nearly all) goes through the proxy's own client (`upstream`: request head encoded
 //!   with the forwarded headers, response head parsed with httparse, the body read from the
 //!   connection as the client's response body polls it, all in the client connection's
 //!   task: no second task, queue or channel per request). A request with a body or a
@@ -56,10 +56,10 @@
 //!   hop-by-hop and the request is proxied as a plain one.
 //! - **Limits**: bodies are streamed both ways, never buffered, so there is no body size
 //!   limit (backends enforce their own); client headers are bounded by hyper's defaults,
-//!   a backend's response head read by [`upstream`] by 64 KiB and 100 headers. Timeouts:
+//!   a backend's response head read by `upstream` by 64 KiB and 100 headers. Timeouts:
 //!   connect `MILL_PROXY_CONNECT_TIMEOUT_MS` (2000, then the next backend), response head
 //!   `MILL_PROXY_RESPONSE_TIMEOUT_MS` (60000, then 504, not retried; for bodiless requests
-//!   checked on the proxy thread's tick of 1/32 of it, [`deadline`], so it fires up to
+//!   checked on the proxy thread's tick of 1/32 of it, `deadline`, so it fires up to
 //!   1/16 late, instead of a tokio timer per request), client idle
 //!   `MILL_PROXY_IDLE_TIMEOUT_MS` (60000: a client connection with no request in flight
 //!   that long after its last response ended, waiting for the next request or the rest of
