@@ -659,28 +659,12 @@ impl Proxy {
             headers,
         });
         let body = UpSource::new(body);
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let mut tried = Tried::default();
-        let mut last_error = String::new();
-        let backends = &service.backends;
-        let attempts = backends.len().min(MAX_ATTEMPTS);
-        for attempt in 0..attempts {
-            let Some(i) = pick(backends, tried.as_slice(), turn) else {
-                break;
-            };
-            tried.push(i);
-            let backend = &backends[i];
-            let in_flight = backend.load.start();
-            // Counted first, then checked against the newest table: a backend that left it
-            // meanwhile gets nothing new, and one still listed is counted before any
-            // barrier answer that could let its drain end.
-            if !self.listed(table, service, backend) {
-                drop(in_flight);
-                last_error = format!("{} left the routing table", backend.alloc.name);
-                continue;
-            }
+        let mut attempts =
+            Attempts::new(&service.backends, self.turn.fetch_add(1, Ordering::Relaxed));
+        while let Some((backend, in_flight)) = attempts.next(self, table, service) {
+            let attempt = attempts.number();
             // Keep a copy only if a failure after sending may be retried elsewhere.
-            let keep = retry_after_send && attempt + 1 < attempts;
+            let keep = retry_after_send && !attempts.is_last();
             match self
                 .exchange(backend, &mut head, keep, &body, attempt)
                 .await
@@ -688,9 +672,9 @@ impl Proxy {
                 Exchange::Answered(response, sender) => {
                     return respond(response, in_flight, backend, sender, &body, downstream)
                 }
-                Exchange::NotSent(error) => last_error = error,
+                Exchange::NotSent(error) => attempts.last_error = error,
                 Exchange::Failed(error) => {
-                    last_error = error;
+                    attempts.last_error = error;
                     if !(retry_after_send && body.replayable()) || head.is_none() {
                         break;
                     }
@@ -698,10 +682,7 @@ impl Proxy {
                 Exchange::TimedOut => return self.timed_out(backend),
             }
         }
-        text(
-            StatusCode::BAD_GATEWAY,
-            format!("service {}: {last_error}", service.name.name),
-        )
+        attempts.bad_gateway(service)
     }
 
     /// [`forward`](Self::forward) for a request without a body or upgrade, with the
@@ -743,31 +724,16 @@ impl Proxy {
         service: &ServiceRoutes,
     ) -> Response<ProxyBody> {
         let retry_after_send = idempotent(request.method);
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let mut tried = Tried::default();
-        let mut last_error = String::new();
-        let backends = &service.backends;
-        let attempts = backends.len().min(MAX_ATTEMPTS);
-        for _ in 0..attempts {
-            let Some(i) = pick(backends, tried.as_slice(), turn) else {
-                break;
-            };
-            tried.push(i);
-            let backend = &backends[i];
-            let in_flight = backend.load.start();
-            // As in `forward`: counted first, then checked against the newest table.
-            if !self.listed(table, service, backend) {
-                drop(in_flight);
-                last_error = format!("{} left the routing table", backend.alloc.name);
-                continue;
-            }
+        let mut attempts =
+            Attempts::new(&service.backends, self.turn.fetch_add(1, Ordering::Relaxed));
+        while let Some((backend, in_flight)) = attempts.next(self, table, service) {
             match self.exchange_raw(backend, request, retry_after_send).await {
                 RawExchange::Answered(conn, answer) => {
                     return raw_respond(conn, answer, in_flight, backend)
                 }
-                RawExchange::NotSent(error) => last_error = error,
+                RawExchange::NotSent(error) => attempts.last_error = error,
                 RawExchange::Failed(error) => {
-                    last_error = error;
+                    attempts.last_error = error;
                     if !retry_after_send {
                         break;
                     }
@@ -775,10 +741,7 @@ impl Proxy {
                 RawExchange::TimedOut => return self.timed_out(backend),
             }
         }
-        text(
-            StatusCode::BAD_GATEWAY,
-            format!("service {}: {last_error}", service.name.name),
-        )
+        attempts.bad_gateway(service)
     }
 
     fn timed_out(&self, backend: &Backend) -> Response<ProxyBody> {
@@ -987,6 +950,71 @@ impl Tried {
 
     fn as_slice(&self) -> &[usize] {
         &self.list[..self.len]
+    }
+}
+
+/// The backends one request may still try, at most [`MAX_ATTEMPTS`], and why the last one
+/// tried gave no answer.
+struct Attempts<'s> {
+    backends: &'s [Backend],
+    tried: Tried,
+    turn: usize,
+    left: usize,
+    last_error: String,
+}
+
+impl<'s> Attempts<'s> {
+    fn new(backends: &'s [Backend], turn: usize) -> Self {
+        Attempts {
+            backends,
+            tried: Tried::default(),
+            turn,
+            left: backends.len().min(MAX_ATTEMPTS),
+            last_error: String::new(),
+        }
+    }
+
+    /// The next backend to send to (least in flight, ties in turn), counted in flight.
+    /// Counted first, then checked against the newest table: a backend that left it
+    /// meanwhile gets nothing new (and uses up an attempt), and one still listed is
+    /// counted before any barrier answer that could let its drain end.
+    fn next(
+        &mut self,
+        proxy: &Proxy,
+        table: &Arc<RoutingTable>,
+        service: &ServiceRoutes,
+    ) -> Option<(&'s Backend, InFlight)> {
+        while self.left > 0 {
+            self.left -= 1;
+            let i = pick(self.backends, self.tried.as_slice(), self.turn)?;
+            self.tried.push(i);
+            let backend = &self.backends[i];
+            let in_flight = backend.load.start();
+            if proxy.listed(table, service, backend) {
+                return Some((backend, in_flight));
+            }
+            drop(in_flight);
+            self.last_error = format!("{} left the routing table", backend.alloc.name);
+        }
+        None
+    }
+
+    /// The attempt the backend [`next`](Self::next) gave is, from 0.
+    fn number(&self) -> usize {
+        self.tried.len.saturating_sub(1)
+    }
+
+    /// Whether the backend [`next`](Self::next) gave is the last this request may try.
+    fn is_last(&self) -> bool {
+        self.left == 0
+    }
+
+    /// The answer once no backend answered.
+    fn bad_gateway(self, service: &ServiceRoutes) -> Response<ProxyBody> {
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!("service {}: {}", service.name.name, self.last_error),
+        )
     }
 }
 
