@@ -49,7 +49,8 @@
 //! - `state_machine`: openraft's `RaftStateMachine` over sled, and this node's in-memory
 //!   replica of the objects that `get`/`list` read.
 //! - `log`: openraft's `RaftLogStorage` over sled (log, vote, committed, purged).
-//! - `snapshot`: snapshot format, building and storing.
+//! - `snapshot`: snapshot format; a built snapshot is a point in the tree `snapshot`, its
+//!   data the state tree, serialized when a follower needs it (and once at start-up).
 //! - `watch`: the watch hub (ring of recent events + live watchers).
 //! - `network` / `rpc`: the node-to-node HTTP client and routes (`/internal/raft/*`).
 //! - `consensus`: openraft's type configuration (an entry is a `Batch` of txns), the rv of

@@ -147,6 +147,8 @@ pub(crate) struct StateMachine {
     last_applied: Option<LogId<u64>>,
     last_change: Rv,
     membership: Membership,
+    /// The data of the last snapshot sent or installed (see [`snapshot::Served`]).
+    served: snapshot::Served,
     user: DbUser,
 }
 
@@ -202,6 +204,7 @@ impl StateMachine {
             last_applied,
             last_change,
             membership,
+            served: snapshot::Served::default(),
             user,
         };
         Ok((machine, replica))
@@ -294,7 +297,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
-            objects: self.replica.local.read().objects.clone(),
             last_applied: self.last_applied,
             membership: self.membership.clone(),
             tree: self.snapshots.clone(),
@@ -321,11 +323,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = sled::Batch::default();
         self.persist_position(&mut batch)?;
         let state = self.state.clone();
-        let snapshots = self.snapshots.clone();
-        let task_meta = meta.clone();
-        let objects = tokio::task::spawn_blocking(move || -> StorageResult<Objects> {
+        let objects = tokio::task::spawn_blocking(move || -> StorageResult<(Objects, Vec<u8>)> {
             let decoded = snapshot::decode(&data)
-                .map_err(|e| StorageIOError::read_snapshot(Some(task_meta.signature()), &e))?;
+                .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
             for key in state.scan_prefix(b"/").keys() {
                 batch.remove(key.map_err(|e| StorageIOError::write_state_machine(&e))?);
             }
@@ -339,22 +339,152 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state
                 .apply_batch(batch)
                 .map_err(|e| StorageIOError::write_state_machine(&e))?;
-            snapshot::save(&snapshots, &task_meta, &data)?;
-            Ok(objects)
+            Ok((objects, data))
         })
         .await
-        .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))??;
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))??;
+        let (objects, data) = objects;
+        snapshot::save_point(&self.snapshots, meta)?;
+        self.served.keep(meta.clone(), data);
         // The leader counts this node as holding everything up to the snapshot from now
         // on (and may purge its own log): that must survive a crash here.
         self.state
             .flush_async()
             .await
-            .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.replica.install(objects, rv);
         Ok(())
     }
 
+    /// The state as of the last applied entry, once a snapshot point exists (see
+    /// [`snapshot`]): nothing applies while openraft's state machine worker is here, so
+    /// the objects, the position and the membership are of one moment.
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        snapshot::load(&self.snapshots)
+        let Some(point) = snapshot::load_point(&self.snapshots)? else {
+            return Ok(None);
+        };
+        let meta = snapshot::meta_at(self.last_applied, &self.membership);
+        let replica = &self.replica;
+        let objects = || replica.local.read().objects.clone();
+        self.served.get(&point, meta, objects).await.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use serde_json::json;
+
+    use super::StateMachine;
+    use crate::store::consensus::{Batch, TypeConfig};
+    use crate::store::db::Database;
+    use crate::store::types::{Key, Op, StoreConfig, Txn};
+
+    async fn machine() -> (tempfile::TempDir, Database, StateMachine) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            node_id: 0,
+            api_addr: "127.0.0.1:0".into(),
+            token: "t".into(),
+            election_timeout_ms: 1000,
+            snapshot_threshold: 5000,
+            snapshot_log_keep: 1000,
+            watch_window: 100,
+        };
+        let db = Database::open(&config).await.unwrap();
+        let (machine, _) = StateMachine::open(&db.db, db.user(), 100).unwrap();
+        (dir, db, machine)
+    }
+
+    fn key(name: &str) -> Key {
+        Key {
+            resource: "mill.dev/services".into(),
+            namespace: Some("default".into()),
+            name: name.into(),
+        }
+    }
+
+    /// An entry at `index` creating the service `name`.
+    fn create(index: u64, name: &str) -> Entry<TypeConfig> {
+        let object = json!({
+            "apiVersion": "mill.dev/v1",
+            "kind": "Service",
+            "metadata": { "name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                          "creationTimestamp": "2026-01-01T00:00:00Z" },
+            "spec": { "image": "busybox" },
+        });
+        let txn = Txn {
+            ops: vec![Op::Create {
+                key: key(name),
+                object,
+            }],
+            now: "2026-01-01T00:00:00Z".into(),
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(Batch {
+                txns: Arc::new(vec![txn]),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_read_as_the_state_at_or_after_its_point_and_installs_as_that_state() {
+        let (_dir, _db, mut leader) = machine().await;
+        assert!(leader.get_current_snapshot().await.unwrap().is_none());
+        leader
+            .apply([create(1, "a"), create(2, "b")])
+            .await
+            .unwrap();
+        let built = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(built.meta.last_log_id.map(|id| id.index), Some(2));
+
+        // Read right after the build: the built point.
+        let read = leader.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(read.meta, built.meta);
+
+        // Applied further, the bytes read before are still a valid snapshot (at or after the
+        // point) and are served again.
+        leader.apply([create(3, "c")]).await.unwrap();
+        let again = leader.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(again.meta, built.meta);
+        assert_eq!(again.snapshot.get_ref(), read.snapshot.get_ref());
+
+        // A newer point: the state as of the last applied entry, with the later object.
+        let point = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let newer = leader.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(newer.meta, point.meta);
+        assert_eq!(newer.meta.last_log_id.map(|id| id.index), Some(3));
+
+        // It installs on another node as exactly that state, and that node serves it too.
+        let (_dir2, _db2, mut follower) = machine().await;
+        follower.apply([create(1, "stale")]).await.unwrap();
+        let meta = newer.meta.clone();
+        follower
+            .install_snapshot(&meta, newer.snapshot)
+            .await
+            .unwrap();
+        let names: Vec<String> = ["a", "b", "c", "stale"]
+            .into_iter()
+            .filter(|name| follower.replica.get(&key(name)).is_some())
+            .map(str::to_string)
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        let served = follower.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(served.meta, meta);
     }
 }
