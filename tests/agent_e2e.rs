@@ -360,6 +360,45 @@ async fn running_containers_are_readopted_after_kill_9_with_the_same_pid_and_log
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alloc_stopped_while_its_node_was_down_is_marked_stopped_once_the_agent_is_back() {
+    let ctd = Containerd::start();
+    // httpd as pid 1 ignores SIGTERM: a short grace keeps the test quick.
+    let node = node_with(
+        &ctd,
+        &images::httpd("mill.test/httpd:1"),
+        &[("MILL_STOP_GRACE_MS", "1000")],
+    )
+    .await;
+    node.create_alloc("web", service_spec("mill.test/httpd:1", pool_port()))
+        .await;
+    node.wait_phase("web", AllocPhase::Healthy, WITHIN).await;
+
+    // mill down with containerd out of its agent's reach, so the stop lands before the
+    // agent finds the container again (as when a killed leader's node restarts while the
+    // new leader's rollout stops that node's old replica).
+    node.kill9();
+    let away = ctd.socket.with_extension("away");
+    std::fs::rename(&ctd.socket, &away).expect("move the containerd socket aside");
+    node.restart().await;
+    node.allocs()
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"desiredState": "Stopped"}})),
+        )
+        .await
+        .expect("desiredState: Stopped");
+    std::fs::rename(&away, &ctd.socket).expect("put the containerd socket back");
+
+    let status = node.wait_phase("web", AllocPhase::Stopped, WITHIN).await;
+    assert!(status.finished_at.is_some(), "{status:?}");
+    eventually(WITHIN, "the container removed", || async {
+        ctd.tasks(&node.namespace).is_empty().then_some(())
+    })
+    .await;
+}
+
 /// All lines the node has for `alloc` (tail=100000).
 async fn log_lines(node: &MillNode, alloc: &str) -> Vec<serde_json::Value> {
     let body = reqwest::Client::new()

@@ -262,6 +262,12 @@ async fn run(
                     handles.remove(&uid);
                     ended.insert(uid);
                 }
+                // Not `ended`: no supervisor wrote its phase. An alloc stopped while this
+                // node's mill was down still shows it running, and only the next round's
+                // `MarkStopped` ends it (else its rollout waits for it forever).
+                Some(Report::OrphanRemoved(uid)) => {
+                    handles.remove(&uid);
+                }
                 None => {}
             },
             _ = tokio::time::sleep(ctx.config.timings.resync) => {}

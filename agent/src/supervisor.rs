@@ -37,8 +37,13 @@ pub enum Report {
     /// The alloc's container has exited (or never ran) and its terminal phase is written:
     /// its host port is free for another alloc; the container is not removed yet.
     Exited(String),
-    /// The container is removed and the supervisor has ended.
+    /// The container is removed and the supervisor has ended (after writing the alloc's
+    /// terminal phase).
     Removed(String),
+    /// A container found at start and not adopted is removed. Nothing wrote its alloc's
+    /// phase: the agent's next round decides it like that of any alloc with no container
+    /// (e.g. marks one that should stay stopped `Stopped`).
+    OrphanRemoved(String),
 }
 
 /// How long the removal of an ended container waits for the node's container starts to
@@ -804,7 +809,7 @@ pub async fn remove_orphan(
     }
     remove(&ctx, &id).await;
     tracing::info!("removed container {id} (its alloc is gone, stopped or elsewhere)");
-    let _ = done.send(Report::Removed(uid));
+    let _ = done.send(Report::OrphanRemoved(uid));
 }
 
 /// The path to exec for `exe`: once the running `mill` binary is replaced on disk (an
