@@ -1,5 +1,22 @@
 //! The writes planners ask for, as plain data. Each variant is one API write; its doc says
-//! which. The loop applies a plan's actions in order.
+//! which. The loop applies a plan's actions in order, except those the plan marks
+//! [`Action::Independent`], which it sends at once, concurrently with the ordered ones
+//! (the leader's store proposer commits concurrent writes in one Raft entry, so a group of
+//! them costs about one write).
+//!
+//! # When a write may be independent
+//! A planner wraps a write in [`Action::Independent`] only when all of these hold:
+//! - its reason is in the View alone: it does not rely on an earlier write of the plan
+//!   having landed (a precondition, or a guarantee such as "the new alloc is routed before
+//!   the old one is drained", which stays in order);
+//! - no later write of the plan relies on it having landed (a rollback's template write
+//!   follows the status write that records the failed revision, so that status write stays
+//!   in order);
+//! - no other write of the plan touches the same object (two writes of one object carry
+//!   the same observed resourceVersion, or their order on that object matters).
+//!
+//! It may fail on its own (a 409 of an independent write does not end the batch; the next
+//! plan, made from a View with the other writes in it, decides again).
 
 use crate::view::ObjectKey;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -110,6 +127,32 @@ pub enum Action {
         /// The deploy.
         deploy: ObjectKey,
     },
+    /// The wrapped write is independent of the plan's other writes (see the module doc):
+    /// the loop sends it at once instead of in its place in the order.
+    Independent(Box<Action>),
+}
+
+impl Action {
+    /// This write, marked independent of the rest of its plan (see the module doc).
+    pub fn independent(self) -> Action {
+        match self {
+            Action::Independent(_) => self,
+            other => Action::Independent(Box::new(other)),
+        }
+    }
+
+    /// The write itself, whether or not the plan marked it independent.
+    pub fn write(&self) -> &Action {
+        match self {
+            Action::Independent(inner) => inner.write(),
+            other => other,
+        }
+    }
+
+    /// Whether the plan marked this write independent of its other writes.
+    pub fn is_independent(&self) -> bool {
+        matches!(self, Action::Independent(_))
+    }
 }
 
 /// An alloc to create.

@@ -169,6 +169,20 @@ impl Tables {
     }
 }
 
+impl Tables {
+    /// Asks the nodes for at least `revision` now (the loop's newest own alloc write),
+    /// before the next plan's View would ask for it.
+    pub(crate) fn want_at_least(&self, revision: u64) {
+        self.want.send_if_modified(|want| {
+            let more = *want < revision;
+            if more {
+                *want = revision;
+            }
+            more
+        });
+    }
+}
+
 /// [`Barrier::Assumed`]: every node has applied everything this View holds.
 fn assumed(view: &View) -> Routing {
     let revision = view

@@ -25,9 +25,14 @@
 //!   (`MILL_WATCHDOG_TICK_MS`): timeouts (health, heartbeat, drain grace, task, deploy)
 //!   are noticed by re-planning with a later `now`;
 //! - apply the Actions of one plan in order, each as one API write ([`Action`] documents
-//!   the patch for each). List-valued fields (conditions, history, events) are sent whole,
-//!   computed from the observed object: send them with the observed `resourceVersion` as
-//!   precondition and re-plan on 409 Conflict;
+//!   the patch for each), except those marked [`Action::Independent`]: those go at once,
+//!   concurrently with the ordered ones (the [`action`] module doc says when a planner may
+//!   mark a write so: its reason is in the View alone, nothing later in the plan relies on
+//!   it, and no other write of the plan touches its object). Order is kept wherever it
+//!   carries a guarantee, e.g. a new alloc's `Routed=True` before the old one's draining.
+//!   List-valued fields (conditions, history, events) are sent whole, computed from the
+//!   observed object: send them with the observed `resourceVersion` as precondition and
+//!   re-plan on 409 Conflict (a 409 ends the ordered writes of the batch);
 //! - treat `AlreadyExists` on [`Action::CreateAlloc`] as success: alloc names are
 //!   deterministic so that a plan made from a stale View cannot create a replica twice.
 //!

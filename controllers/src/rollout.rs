@@ -263,7 +263,7 @@ fn plan_service(service: &Service, allocs: &[&Alloc], step: &Step) -> Vec<Action
                 }
                 _ => status.message = Some(format!("revision {failed} failed: {reason}")),
             }
-            status.healthy_replicas = healthy_at(allocs, before.revision);
+            status.healthy_replicas = healthy_at(allocs, before.revision, &actions);
             if status != before {
                 actions.push(Action::WriteServiceStatus {
                     service: key,
@@ -295,11 +295,20 @@ fn plan_service(service: &Service, allocs: &[&Alloc], step: &Step) -> Vec<Action
     if complete && target.failure.is_none() {
         status.revision = Some(target.revision);
     }
-    status.healthy_replicas = healthy_at(allocs, status.revision);
+    status.healthy_replicas = healthy_at(allocs, status.revision, &actions);
     if status != before {
-        actions.push(Action::WriteServiceStatus {
+        let write = Action::WriteServiceStatus {
             service: key,
             status: Box::new(status),
+        };
+        // Derived from the View (and what this plan drains and stops), so it need not wait
+        // for the plan's other writes, unless a template write must follow it (a rollback:
+        // the spec may hold the previous template only once the failure is recorded) or the
+        // plan adds the finalizer (the same object).
+        actions.push(if after_status.is_empty() && finalized {
+            write.independent()
+        } else {
+            write
         });
     }
     actions.extend(after_status);
@@ -310,10 +319,26 @@ fn replicas(service: &Service) -> usize {
     usize::try_from(service.spec.replicas).unwrap_or(0)
 }
 
-fn healthy_at(allocs: &[&Alloc], revision: Option<i64>) -> i32 {
+/// Healthy allocs of `revision`, not counting those `planned` drains or stops: the status
+/// goes out with the plan's writes, so it counts what they do.
+fn healthy_at(allocs: &[&Alloc], revision: Option<i64>, planned: &[Action]) -> i32 {
+    let leaving = |alloc: &Alloc| {
+        let key = ObjectKey::of(&alloc.metadata);
+        planned.iter().any(|a| match a.write() {
+            Action::SetDraining {
+                alloc,
+                draining: true,
+            } => *alloc == key,
+            Action::SetDesiredState {
+                alloc,
+                state: DesiredState::Stopped,
+            } => *alloc == key,
+            _ => false,
+        })
+    };
     let count = allocs
         .iter()
-        .filter(|a| Some(a.spec.revision) == revision && is_healthy(a))
+        .filter(|a| Some(a.spec.revision) == revision && is_healthy(a) && !leaving(a))
         .count();
     i32::try_from(count).unwrap_or(i32::MAX)
 }
@@ -591,10 +616,12 @@ fn replace_and_scale(
     let replacing = (missing - uncovered).min(max_parallel.saturating_sub(busy));
     let first = next_seq(service, allocs);
     let count = u64::try_from(uncovered + replacing).unwrap_or(0);
+    // A create is independent of the plan's other writes: its reason is in the View (a slot
+    // nobody serves, or an old alloc every live node has drained and that has nothing in
+    // flight, whose stop this plan writes but need not land first), nothing of the plan
+    // writes the new alloc, and its name is deterministic (a repeat is `AlreadyExists`).
     for seq in first..first + count {
-        actions.push(Action::CreateAlloc(Box::new(new_alloc(
-            service, target, seq,
-        ))));
+        actions.push(Action::CreateAlloc(Box::new(new_alloc(service, target, seq))).independent());
     }
 }
 
@@ -690,6 +717,87 @@ mod tests {
             .filter(|a| a.spec.revision == 1 && view::phase(a) == AllocPhase::Stopped)
             .count();
         assert_eq!(stopped_old, 3);
+    }
+
+    fn routed_true(action: &Action) -> bool {
+        matches!(action, Action::SetAllocConditions { conditions, .. }
+            if conditions.iter().any(|c| c.type_ == ROUTED && c.status == "True"))
+    }
+
+    fn routed_false(action: &Action) -> bool {
+        matches!(action, Action::SetAllocConditions { conditions, .. }
+            if conditions.iter().any(|c| c.type_ == ROUTED && c.status == "False"))
+    }
+
+    #[test]
+    fn only_writes_that_rely_on_nothing_else_in_their_plan_go_at_once() {
+        let mut world = settled(2, 1);
+        deploy_image(&mut world, "web:2", "d2");
+        let mut plans = Vec::new();
+        for _ in 0..30 {
+            plans.push(world.step());
+        }
+        assert_eq!(world.active_revisions("web"), vec![2, 2]);
+        let drains: Vec<&Vec<Action>> = plans
+            .iter()
+            .filter(|p| {
+                p.iter()
+                    .any(|a| fixtures::drained(std::slice::from_ref(a)).len() == 1)
+            })
+            .collect();
+        assert_eq!(drains.len(), 2, "{plans:#?}");
+        let mut healthy = Vec::new();
+        for plan in drains {
+            // The new alloc is routed before the old one leaves: both in order.
+            let routed = plan.iter().position(routed_true).expect("routed first");
+            let drained = plan
+                .iter()
+                .position(|a| matches!(a, Action::SetDraining { draining: true, .. }))
+                .unwrap();
+            assert!(routed < drained, "{plan:#?}");
+            // The service status counts the drained one out and goes alongside.
+            let status = plan
+                .iter()
+                .find_map(|a| match a {
+                    Action::Independent(w) => match &**w {
+                        Action::WriteServiceStatus { status, .. } => Some(status),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .expect("an independent status write");
+            healthy.push(status.healthy_replicas);
+        }
+        // Revision 1's healthy replicas, as they are once the drains land.
+        assert_eq!(healthy, vec![1, 0]);
+        // Unrouted and stopped, in that order, while the next replica is created at once,
+        // already placed.
+        let replace = plans
+            .iter()
+            .find(|p| p.iter().any(routed_false) && p.iter().any(|a| a.is_independent()))
+            .expect("a plan that stops an old alloc and creates the next");
+        let unrouted = replace.iter().position(routed_false).unwrap();
+        let stopped = replace
+            .iter()
+            .position(|a| !fixtures::stopped(std::slice::from_ref(a)).is_empty())
+            .unwrap();
+        assert!(unrouted < stopped, "{replace:#?}");
+        let Some(Action::CreateAlloc(new)) = replace
+            .iter()
+            .filter(|a| a.is_independent())
+            .map(Action::write)
+            .find(|a| matches!(a, Action::CreateAlloc(_)))
+        else {
+            panic!("{replace:#?}")
+        };
+        assert!(new.spec.node_name.is_some() && new.spec.host_port.is_some());
+        assert!(
+            world
+                .log
+                .iter()
+                .all(|a| !matches!(a, Action::PlaceAlloc { .. })),
+            "no separate placement write"
+        );
     }
 
     #[test]

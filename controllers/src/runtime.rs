@@ -2,10 +2,13 @@
 //!
 //! [`run`] keeps one kube-runtime reflector per kind (Services, Allocs, Nodes, Volumes,
 //! Deploys), and on every watch event, probe result and tick builds a [`View`] from their
-//! stores, runs every planner on it and applies the [`Action`]s in order, one API write
-//! each. Before the next plan it waits (at most a tick) until the reflectors show its own
-//! writes, so no plan is made from a View older than the last one's effects. A 409
-//! Conflict ends the batch: the rest of it was planned from the same stale View.
+//! stores, runs every planner on it and applies the [`Action`]s, one API write each: in
+//! order, except those the plan marked [`Action::Independent`], which go at once alongside
+//! (the store's proposer commits concurrent writes in one Raft entry). Before the next plan
+//! it waits (at most a tick) until the reflectors show its own writes, so no plan is made
+//! from a View older than the last one's effects. A 409 Conflict ends the ordered writes of
+//! the batch: the rest of them was planned from the same stale View. The Deploy status
+//! writes (the event logs) do not hold up the next plan at all ([`Logs`]).
 //!
 //! The health loop's probe states live here, in the one task that owns them.
 
@@ -30,6 +33,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
 
 /// Why the controllers stopped.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,7 @@ pub async fn run_routed(
     };
     let mut loop_ = Loop {
         barrier: Tables::new(barrier, pacing.tick, wake.clone()),
+        logs: Logs::new(client.clone(), metrics.clone(), wake.clone()),
         writer: Writer::new(client, metrics.clone()),
         metrics,
         caches,
@@ -211,6 +216,7 @@ fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
 
 struct Loop {
     barrier: Tables,
+    logs: Logs,
     writer: Writer,
     metrics: Metrics,
     caches: Caches,
@@ -254,6 +260,7 @@ fn summary(action: &Action) -> String {
         Action::SetNodeState { node, .. } => format!("node-state {node}"),
         Action::WriteDeployStatus { deploy, .. } => format!("deploy-status {}", deploy.name),
         Action::DeleteDeploy { deploy } => format!("delete-deploy {}", deploy.name),
+        Action::Independent(write) => summary(write),
     }
 }
 
@@ -289,20 +296,40 @@ impl Loop {
             // ended allocs hold whatever the View's age, so they must not starve behind them.
             let mut actions = gc::plan(&view, now, &self.knobs);
             actions.extend(health.actions);
-            actions.extend(scheduler::plan(&view, now, &self.knobs));
-            actions.extend(rollout::plan(&view, now, &self.knobs));
+            // The rollout's new allocs are created placed: the scheduler places them in this
+            // plan as it would in the next, so no separate placement write follows.
+            let mut rollout = rollout::plan(&view, now, &self.knobs);
+            actions.extend(scheduler::plan_placing(
+                &view,
+                now,
+                &self.knobs,
+                &mut rollout,
+            ));
+            actions.extend(rollout);
             self.heard.observe(&view, now);
             actions.extend(nodes::plan(&view, &self.heard, now, &self.knobs));
             actions.extend(drain::plan(&view));
             actions.extend(tasks::plan(&view, now));
             actions.extend(deploy::plan(&view, now, &self.knobs));
             actions.extend(vip::plan(&view));
+            self.metrics.reconciled(actions.len());
+            self.logs.settle(&self.caches);
+            let actions = self.logs.send(&view, actions);
             // The same plan twice in a row means the last writes did not change what the
             // planners see (e.g. a field the API drops): wait for news instead of spinning.
             let repeated = actions == previous;
-            self.metrics.reconciled(actions.len());
             previous.clone_from(&actions);
             let written = self.writer.apply(&view, actions).await;
+            // The barrier can ask the nodes for these writes now, while the reflectors
+            // catch up with them, instead of at the next plan.
+            if let Some(newest) = written
+                .iter()
+                .filter(|w| matches!(w.kind, Kind::Alloc))
+                .filter_map(|w| w.rv)
+                .max()
+            {
+                self.barrier.want_at_least(newest);
+            }
             let began = std::time::Instant::now();
             self.see(&written).await;
             if !written.is_empty() {
@@ -429,21 +456,20 @@ impl Writer {
         Writer { client, metrics }
     }
 
-    /// Applies `actions`; returns the writes made. The Deploy status writes (the event
-    /// logs: each derived from the View alone, each on its own object, nothing else in
-    /// the plan depends on them) go concurrently with the rest, so the store commits
+    /// Applies `actions`; returns the writes made. The writes the plan marked
+    /// [`Action::Independent`] go at once, concurrently with the rest, so the store commits
     /// them in the same Raft entries instead of after; the rest go in order.
     async fn apply(&self, view: &View, actions: Vec<Action>) -> Vec<Written> {
-        let (logs, ordered): (Vec<Action>, Vec<Action>) = actions
-            .into_iter()
-            .partition(|a| matches!(a, Action::WriteDeployStatus { .. }));
-        let logs = futures::future::join_all(logs.into_iter().map(|action| async move {
+        let (independent, ordered): (Vec<Action>, Vec<Action>) =
+            actions.into_iter().partition(Action::is_independent);
+        let independent = futures::future::join_all(independent.iter().map(|action| async move {
+            let action = action.write();
             let began = std::time::Instant::now();
-            let outcome = self.apply_one(view, &action).await;
+            let outcome = self.apply_one(view, action).await;
             tracing::debug!(
                 target: TIMELINE,
                 "write {} took {:.1} ms",
-                summary(&action),
+                summary(action),
                 began.elapsed().as_secs_f64() * 1000.0
             );
             match outcome {
@@ -456,8 +482,9 @@ impl Writer {
                 }
             }
         }));
-        let (mut written, logs) = futures::join!(self.apply_in_order(view, ordered), logs);
-        written.extend(logs.into_iter().flatten());
+        let (mut written, independent) =
+            futures::join!(self.apply_in_order(view, ordered), independent);
+        written.extend(independent.into_iter().flatten());
         written
     }
 
@@ -524,6 +551,7 @@ impl Writer {
 
     async fn apply_one(&self, view: &View, action: &Action) -> Result<Outcome, kube::Error> {
         let pp = PatchParams::default();
+        let action = action.write();
         let outcome = match action {
             Action::CreateAlloc(new) => {
                 let api: Api<Alloc> = self.api(&new.key);
@@ -658,6 +686,8 @@ impl Writer {
                     created: false,
                 })
             }
+            // `write()` above unwrapped it.
+            Action::Independent(_) => Outcome::Nothing,
         };
         Ok(outcome)
     }
@@ -698,6 +728,121 @@ impl Writer {
             api.patch(&alloc.name, &pp, &Patch::Merge(patch)).await
         };
         conflict_or(written, |o| wrote(Kind::Alloc, alloc, o.meta(), false))
+    }
+}
+
+/// The Deploy status writes (the event logs), sent without holding up the loop. Each is
+/// derived from the View alone, and nothing but the deploy planner reads a Deploy's
+/// status, so no plan has to wait for one: the loop sends them off and plans on. While a
+/// Deploy's write is in flight, or written but not yet in the reflector, that Deploy's
+/// writes in later plans are held back (one from the older View would only conflict);
+/// the first plan whose View has it writes whatever the log gained meanwhile.
+struct Logs {
+    client: Client,
+    metrics: Metrics,
+    wake: Arc<Notify>,
+    /// Per Deploy with a write of ours not yet seen: `None` while in flight, then the write
+    /// the reflector must show (after a 409: any newer version).
+    pending: BTreeMap<ObjectKey, Option<Written>>,
+    done_tx: mpsc::UnboundedSender<(ObjectKey, Option<Written>)>,
+    done_rx: mpsc::UnboundedReceiver<(ObjectKey, Option<Written>)>,
+    /// The writes in flight; dropped with the loop (leadership lost), which aborts them.
+    tasks: JoinSet<()>,
+}
+
+impl Logs {
+    fn new(client: Client, metrics: Metrics, wake: Arc<Notify>) -> Logs {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Logs {
+            client,
+            metrics,
+            wake,
+            pending: BTreeMap::new(),
+            done_tx,
+            done_rx,
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Takes in the writes that ended and forgets those the reflectors show.
+    fn settle(&mut self, caches: &Caches) {
+        while self.tasks.try_join_next().is_some() {}
+        while let Ok((key, written)) = self.done_rx.try_recv() {
+            match written {
+                Some(w) => self.pending.insert(key, Some(w)),
+                None => self.pending.remove(&key),
+            };
+        }
+        self.pending
+            .retain(|_, w| w.as_ref().is_none_or(|w| !caches.shows(w)));
+    }
+
+    /// Sends the plan's Deploy status writes (but those held back); the rest of the plan.
+    fn send(&mut self, view: &View, actions: Vec<Action>) -> Vec<Action> {
+        let mut rest = Vec::with_capacity(actions.len());
+        for action in actions {
+            let Action::WriteDeployStatus { deploy, status } = action.write() else {
+                rest.push(action);
+                continue;
+            };
+            if self.pending.contains_key(deploy) {
+                continue;
+            }
+            let Some(observed) = find(&view.deploys, deploy) else {
+                continue;
+            };
+            let mut object = (**observed).clone();
+            object.status = Some((**status).clone());
+            let key = deploy.clone();
+            self.pending.insert(key.clone(), None);
+            let api: Api<Deploy> = Api::namespaced(self.client.clone(), &key.namespace);
+            let (metrics, wake, done) = (
+                self.metrics.clone(),
+                self.wake.clone(),
+                self.done_tx.clone(),
+            );
+            let observed_rv = resource_version(observed.meta());
+            self.tasks.spawn(async move {
+                let began = std::time::Instant::now();
+                let written = api
+                    .replace_status(&key.name, &PostParams::default(), &object)
+                    .await;
+                tracing::debug!(
+                    target: TIMELINE,
+                    "write deploy-status {} took {:.1} ms",
+                    key.name,
+                    began.elapsed().as_secs_f64() * 1000.0
+                );
+                let seen = match written {
+                    Ok(o) => match wrote(Kind::Deploy, &key, o.meta(), false) {
+                        Outcome::Wrote(w) => Some(w),
+                        _ => None,
+                    },
+                    // Our View was stale: wait for a newer one before writing again.
+                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                        (observed_rv != u64::MAX).then(|| Written {
+                            kind: Kind::Deploy,
+                            key: key.clone(),
+                            rv: Some(observed_rv + 1),
+                            created: false,
+                        })
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 404 => None,
+                    Err(err) => {
+                        metrics.write_failed();
+                        tracing::warn!(
+                            "controllers: the status of deploy {} failed: {err}",
+                            key.name
+                        );
+                        None
+                    }
+                };
+                // The loop may be gone (leadership lost): then nobody needs the answer.
+                let _ = done.send((key, seen));
+                wake.notify_one();
+            });
+        }
+        rest
     }
 }
 

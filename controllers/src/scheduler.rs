@@ -19,6 +19,37 @@ use std::collections::{BTreeSet, HashMap};
 /// Where every pending alloc goes, or why it cannot go anywhere (a `Scheduled=False`
 /// condition with e.g. `no node has 2 cpu and 4G free`).
 pub fn plan(view: &View, now: Timestamp, knobs: &Knobs) -> Vec<Action> {
+    plan_placing(view, now, knobs, &mut [])
+}
+
+/// [`plan`], and the allocs that other planners create in the same plan (the
+/// [`Action::CreateAlloc`]s among `created`, unplaced and wanted running) placed in their
+/// create, so no separate placement write follows it. Each gets what the next plan would
+/// give it once it exists: it is placed after every pending alloc of the View (those were
+/// created before it), in the order of `created` (allocs created at once have no order of
+/// their own), with everything placed before it counted against the nodes, by the same
+/// rules ([`Nodes::place`]: readiness, cpu and memory, volume pins, spread, load, the
+/// lowest free port of the node's pool). One that fits nowhere is created unplaced, and the
+/// next plan writes why (`Scheduled=False`), as for any pending alloc.
+pub fn plan_placing(
+    view: &View,
+    now: Timestamp,
+    knobs: &Knobs,
+    created: &mut [Action],
+) -> Vec<Action> {
+    let new: Vec<(usize, Alloc)> = created
+        .iter()
+        .enumerate()
+        .filter_map(|(i, action)| match action.write() {
+            Action::CreateAlloc(alloc)
+                if alloc.spec.node_name.is_none()
+                    && alloc.spec.desired_state == DesiredState::Running =>
+            {
+                Some((i, alloc.to_alloc()))
+            }
+            _ => None,
+        })
+        .collect();
     let mut nodes = Nodes::new(view, knobs);
     let mut actions = Vec::new();
     let mut pending: Vec<&Alloc> = Vec::new();
@@ -67,7 +98,24 @@ pub fn plan(view: &View, now: Timestamp, knobs: &Knobs) -> Vec<Action> {
             }
         }
     }
+    for (i, alloc) in &new {
+        let Ok((node, host_port)) = nodes.place(view, alloc) else {
+            continue;
+        };
+        if let Action::CreateAlloc(create) = write_mut(&mut created[*i]) {
+            create.spec.node_name = Some(node.to_string());
+            create.spec.host_port = Some(host_port);
+        }
+    }
     actions
+}
+
+/// The write itself, whether or not its plan marked it independent.
+fn write_mut(action: &mut Action) -> &mut Action {
+    match action {
+        Action::Independent(inner) => write_mut(inner),
+        other => other,
+    }
 }
 
 /// One node as the plan sees it: what is left of it.
@@ -374,6 +422,7 @@ fn persistent_volumes(alloc: &Alloc) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     use crate::fixtures::{self, t};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use mill_crds::{NodeState, Volume, VolumeSpec, VolumeStatus};
     use std::sync::Arc;
 
@@ -602,6 +651,105 @@ mod tests {
         );
         let v = view(vec![fixtures::node("a", 1.0, "8G")], vec![alloc]);
         assert!(plan(&v, t(5), &Knobs::default()).is_empty());
+    }
+
+    fn create(name: &str, service: &str, cpu: f64, memory: &str) -> Action {
+        let alloc = pending(name, service, cpu, memory);
+        Action::CreateAlloc(Box::new(crate::action::NewAlloc {
+            key: ObjectKey::of(&alloc.metadata),
+            labels: Default::default(),
+            owner: None,
+            spec: alloc.spec,
+        }))
+        .independent()
+    }
+
+    fn placed_in(action: &Action) -> Option<(String, u16)> {
+        match action.write() {
+            Action::CreateAlloc(new) => Some((new.spec.node_name.clone()?, new.spec.host_port?)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn allocs_created_in_a_plan_are_placed_as_the_next_plan_would_place_them() {
+        let mut busy = fixtures::alloc("web-1-1", "web", 1, AllocPhase::Healthy);
+        busy.spec.node_name = Some("b".to_string());
+        busy.spec.template.cpu = 0.5;
+        let nodes = vec![
+            fixtures::node("a", 1.0, "8G"),
+            fixtures::node("b", 4.0, "8G"),
+            fixtures::node("c", 4.0, "8G"),
+        ];
+        let waiting = pending("db-1-1", "db", 0.5, "256M");
+        let first = view(nodes.clone(), vec![busy.clone(), waiting.clone()]);
+        let mut created = vec![
+            create("web-2-2", "web", 0.5, "256M"),
+            create("web-2-3", "web", 0.5, "256M"),
+            create("big-1-1", "big", 9.0, "256M"),
+            create("late-1-1", "late", 0.5, "256M"),
+        ];
+        created[3] = match created[3].write().clone() {
+            Action::CreateAlloc(mut new) => {
+                new.spec.desired_state = DesiredState::Stopped;
+                Action::CreateAlloc(new)
+            }
+            other => other,
+        };
+        let actions = plan_placing(&first, t(0), &Knobs::default(), &mut created);
+
+        // The next plan, had the creates gone out unplaced: the View has this plan's
+        // placement of db and the new allocs, created after it.
+        let mut db = waiting;
+        for action in &actions {
+            if let Action::PlaceAlloc {
+                node, host_port, ..
+            } = action
+            {
+                db.spec.node_name = Some(node.clone());
+                db.spec.host_port = Some(*host_port);
+            }
+        }
+        let mut allocs = vec![busy, db];
+        for (i, action) in created.iter().enumerate() {
+            let Action::CreateAlloc(new) = action.write() else {
+                unreachable!()
+            };
+            let mut alloc = new.to_alloc();
+            alloc.spec.node_name = None;
+            alloc.spec.host_port = None;
+            alloc.metadata.creation_timestamp = Some(Time(t(1 + i as i64)));
+            alloc.status = Some(mill_crds::AllocStatus::default());
+            allocs.push(alloc);
+        }
+        let next = placements(&view(nodes, allocs));
+        let expected: Vec<(String, String, u16)> = created
+            .iter()
+            .filter_map(|a| {
+                let (node, port) = placed_in(a)?;
+                let Action::CreateAlloc(new) = a.write() else {
+                    unreachable!()
+                };
+                Some((new.key.name.clone(), node, port))
+            })
+            .collect();
+        assert_eq!(next, expected);
+        // db (pending before them) went to a; web spreads away from b, and a's port 20000
+        // is db's.
+        assert_eq!(
+            expected,
+            vec![
+                ("web-2-2".to_string(), "c".to_string(), 20000),
+                ("web-2-3".to_string(), "a".to_string(), 20001),
+            ]
+        );
+        assert!(created[2].is_independent(), "the plan's marking stays");
+        assert_eq!(
+            placed_in(&created[2]),
+            None,
+            "fits nowhere: the next plan says why"
+        );
+        assert_eq!(placed_in(&created[3]), None, "not wanted running");
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct World {
     /// `default_behaviour`.
     pub behaviours: BTreeMap<(i64, usize), Behaviour>,
     pub default_behaviour: Behaviour,
+    /// Whether the writes a plan marks independent land before its ordered ones (they are
+    /// sent at once, so they may) instead of after them.
+    pub independent_first: bool,
     ages: BTreeMap<String, u32>,
     pub log: Vec<Action>,
 }
@@ -58,6 +61,7 @@ impl World {
             applied_history: Vec::new(),
             behaviours: BTreeMap::new(),
             default_behaviour: Behaviour::HealthyAfter(2),
+            independent_first: false,
             ages: BTreeMap::new(),
             log: Vec::new(),
         }
@@ -141,12 +145,21 @@ impl World {
         revisions
     }
 
-    /// One round: plan (scheduler + rollout), apply, then the agents act and time passes.
+    /// One round: plan (scheduler + rollout, whose creates the scheduler places, as the
+    /// loop does), apply, then the agents act and time passes.
     pub fn step(&mut self) -> Vec<Action> {
         let view = self.view();
-        let mut actions = scheduler::plan(&view, self.now, &self.knobs);
-        actions.extend(rollout::plan(&view, self.now, &self.knobs));
-        for action in &actions {
+        let mut rollout = rollout::plan(&view, self.now, &self.knobs);
+        let mut actions = scheduler::plan_placing(&view, self.now, &self.knobs, &mut rollout);
+        actions.extend(rollout);
+        let (independent, ordered): (Vec<&Action>, Vec<&Action>) =
+            actions.iter().partition(|a| a.is_independent());
+        let order = if self.independent_first {
+            [independent, ordered]
+        } else {
+            [ordered, independent]
+        };
+        for action in order.into_iter().flatten() {
             self.apply(action);
         }
         self.agents();
@@ -182,7 +195,7 @@ impl World {
 
     fn apply(&mut self, action: &Action) {
         let now = self.now;
-        match action {
+        match action.write() {
             Action::CreateAlloc(new) => {
                 if self
                     .allocs
@@ -270,7 +283,8 @@ impl World {
             }
             Action::SetNodeState { .. }
             | Action::WriteDeployStatus { .. }
-            | Action::DeleteDeploy { .. } => {}
+            | Action::DeleteDeploy { .. }
+            | Action::Independent(_) => {}
         }
     }
 
@@ -389,6 +403,7 @@ struct Scenario {
     supersede_at: Option<usize>,
     routing_lag: usize,
     auto_rollback: bool,
+    independent_first: bool,
 }
 
 fn behaviour() -> impl Strategy<Value = Behaviour> {
@@ -408,9 +423,18 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         proptest::option::of(1usize..40),
         0usize..3,
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(replicas, max_parallel, new_behaviours, supersede_at, routing_lag, auto_rollback)| {
+            |(
+                replicas,
+                max_parallel,
+                new_behaviours,
+                supersede_at,
+                routing_lag,
+                auto_rollback,
+                independent_first,
+            )| {
                 Scenario {
                     replicas,
                     max_parallel,
@@ -418,6 +442,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     supersede_at,
                     routing_lag,
                     auto_rollback,
+                    independent_first,
                 }
             },
         )
@@ -432,6 +457,7 @@ proptest! {
     fn rollout_never_drops_below_replicas_healthy_in_random_scenarios(s in scenario()) {
         let mut world = settled(s.replicas, s.max_parallel);
         world.routing_lag = s.routing_lag;
+        world.independent_first = s.independent_first;
         world.edit("web", |svc| svc.spec.update.auto_rollback = s.auto_rollback);
         for (i, b) in s.new_behaviours.iter().enumerate() {
             world.behaviours.insert((2, i + 1), *b);
