@@ -31,7 +31,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
@@ -98,7 +98,7 @@ pub async fn run_routed(
     };
     let mut loop_ = Loop {
         barrier: Tables::new(barrier, pacing.tick, wake.clone()),
-        logs: Logs::new(client.clone(), metrics.clone(), wake.clone()),
+        logs: Logs::new(client.clone(), metrics.clone(), wake.clone(), &pacing),
         writer: Writer::new(client, metrics.clone()),
         metrics,
         caches,
@@ -436,6 +436,25 @@ struct Written {
     created: bool,
 }
 
+/// Why a write did not come to an [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer within {0:?}; the next plan decides again")]
+    TimedOut(Duration),
+}
+
+/// `write`, given up after [`WRITE_TIMEOUT`].
+async fn bounded(
+    write: impl std::future::Future<Output = Result<Outcome, kube::Error>>,
+) -> Result<Outcome, WriteError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(outcome) => Ok(outcome?),
+        Err(_) => Err(WriteError::TimedOut(WRITE_TIMEOUT)),
+    }
+}
+
 /// Turns Actions into API writes.
 struct Writer {
     client: Client,
@@ -465,7 +484,7 @@ impl Writer {
         let independent = futures::future::join_all(independent.iter().map(|action| async move {
             let action = action.write();
             let began = std::time::Instant::now();
-            let outcome = self.apply_one(view, action).await;
+            let outcome = bounded(self.apply_one(view, action)).await;
             tracing::debug!(
                 target: TIMELINE,
                 "write {} took {:.1} ms",
@@ -520,9 +539,13 @@ impl Writer {
                         summary(&action),
                         next.as_ref().map(summary).unwrap_or_default()
                     );
-                    (self.write_alloc_status(view, &action, status).await, what)
+                    let write = self.write_alloc_status(view, &action, status);
+                    (bounded(write).await, what)
                 }
-                None => (self.apply_one(view, &action).await, summary(&action)),
+                None => (
+                    bounded(self.apply_one(view, &action)).await,
+                    summary(&action),
+                ),
             };
             tracing::debug!(
                 target: TIMELINE,
@@ -731,50 +754,79 @@ impl Writer {
     }
 }
 
+/// The longest the loop lets one controller write take. The API answers every write
+/// within the store's forward deadline (a few election timeouts), so this is the
+/// backstop should it not: a write past it is given up (it may still land; the next
+/// level-triggered plan decides again from what the View shows).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many ticks a Deploy's write, answered but not yet in the reflector, may hold back
+/// that Deploy's later writes before the hold is dropped with a warning.
+const SEEN_WITHIN_TICKS: u32 = 10;
+
 /// The Deploy status writes (the event logs), sent without holding up the loop. Each is
 /// derived from the View alone, and nothing but the deploy planner reads a Deploy's
 /// status, so no plan has to wait for one: the loop sends them off and plans on. While a
 /// Deploy's write is in flight, or written but not yet in the reflector, that Deploy's
 /// writes in later plans are held back (one from the older View would only conflict);
-/// the first plan whose View has it writes whatever the log gained meanwhile.
+/// the first plan whose View has it writes whatever the log gained meanwhile. Every hold
+/// ends within a bounded time ([`Holds`]): a write that fails, times out or is never seen
+/// lets the next plan write that Deploy's log again.
 struct Logs {
     client: Client,
     metrics: Metrics,
     wake: Arc<Notify>,
-    /// Per Deploy with a write of ours not yet seen: `None` while in flight, then the write
-    /// the reflector must show (after a 409: any newer version).
-    pending: BTreeMap<ObjectKey, Option<Written>>,
-    done_tx: mpsc::UnboundedSender<(ObjectKey, Option<Written>)>,
-    done_rx: mpsc::UnboundedReceiver<(ObjectKey, Option<Written>)>,
+    holds: Holds,
+    done_tx: mpsc::UnboundedSender<Answer>,
+    done_rx: mpsc::UnboundedReceiver<Answer>,
     /// The writes in flight; dropped with the loop (leadership lost), which aborts them.
     tasks: JoinSet<()>,
 }
 
+/// A Deploy status write's answer: which write ([`Holds::hold`]'s number) and what the
+/// reflector must show before that Deploy is written again (`None`: nothing to wait for).
+type Answer = (ObjectKey, u64, Option<Written>);
+
 impl Logs {
-    fn new(client: Client, metrics: Metrics, wake: Arc<Notify>) -> Logs {
+    fn new(client: Client, metrics: Metrics, wake: Arc<Notify>, pacing: &Pacing) -> Logs {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Logs {
             client,
             metrics,
             wake,
-            pending: BTreeMap::new(),
+            holds: Holds::new(WRITE_TIMEOUT + pacing.tick, pacing.tick * SEEN_WITHIN_TICKS),
             done_tx,
             done_rx,
             tasks: JoinSet::new(),
         }
     }
 
-    /// Takes in the writes that ended and forgets those the reflectors show.
+    /// Takes in the writes that ended and forgets those the reflectors show, and those
+    /// held longer than they may be.
     fn settle(&mut self, caches: &Caches) {
-        while self.tasks.try_join_next().is_some() {}
-        while let Ok((key, written)) = self.done_rx.try_recv() {
-            match written {
-                Some(w) => self.pending.insert(key, Some(w)),
-                None => self.pending.remove(&key),
-            };
+        while let Some(ended) = self.tasks.try_join_next() {
+            if let Err(err) = ended {
+                tracing::warn!("controllers: a deploy status write task ended early: {err}");
+            }
         }
-        self.pending
-            .retain(|_, w| w.as_ref().is_none_or(|w| !caches.shows(w)));
+        while let Ok((key, write, seen)) = self.done_rx.try_recv() {
+            self.holds.answered(&key, write, seen, Instant::now());
+        }
+        for (key, expired) in self.holds.settle(Instant::now(), |w| caches.shows(w)) {
+            self.metrics.write_failed();
+            match expired {
+                Expired::InFlight(after) => tracing::warn!(
+                    "controllers: the status write of deploy {} has no answer after {after:?}; \
+                     writing its log again from the current View",
+                    key.name
+                ),
+                Expired::NotSeen(after) => tracing::warn!(
+                    "controllers: the status write of deploy {} is not in the Deploy watch \
+                     after {after:?}; writing its log again from the current View",
+                    key.name
+                ),
+            }
+        }
     }
 
     /// Sends the plan's Deploy status writes (but those held back); the rest of the plan.
@@ -785,7 +837,7 @@ impl Logs {
                 rest.push(action);
                 continue;
             };
-            if self.pending.contains_key(deploy) {
+            if self.holds.is_held(deploy) {
                 continue;
             }
             let Some(observed) = find(&view.deploys, deploy) else {
@@ -794,7 +846,7 @@ impl Logs {
             let mut object = (**observed).clone();
             object.status = Some((**status).clone());
             let key = deploy.clone();
-            self.pending.insert(key.clone(), None);
+            let number = self.holds.hold(&key, Instant::now());
             let api: Api<Deploy> = Api::namespaced(self.client.clone(), &key.namespace);
             let (metrics, wake, done) = (
                 self.metrics.clone(),
@@ -804,9 +856,11 @@ impl Logs {
             let observed_rv = resource_version(observed.meta());
             self.tasks.spawn(async move {
                 let began = std::time::Instant::now();
-                let written = api
-                    .replace_status(&key.name, &PostParams::default(), &object)
-                    .await;
+                let written = tokio::time::timeout(
+                    WRITE_TIMEOUT,
+                    api.replace_status(&key.name, &PostParams::default(), &object),
+                )
+                .await;
                 tracing::debug!(
                     target: TIMELINE,
                     "write deploy-status {} took {:.1} ms",
@@ -814,12 +868,12 @@ impl Logs {
                     began.elapsed().as_secs_f64() * 1000.0
                 );
                 let seen = match written {
-                    Ok(o) => match wrote(Kind::Deploy, &key, o.meta(), false) {
+                    Ok(Ok(o)) => match wrote(Kind::Deploy, &key, o.meta(), false) {
                         Outcome::Wrote(w) => Some(w),
                         _ => None,
                     },
                     // Our View was stale: wait for a newer one before writing again.
-                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                    Ok(Err(kube::Error::Api(status))) if status.code == 409 => {
                         (observed_rv != u64::MAX).then(|| Written {
                             kind: Kind::Deploy,
                             key: key.clone(),
@@ -827,8 +881,8 @@ impl Logs {
                             created: false,
                         })
                     }
-                    Err(kube::Error::Api(status)) if status.code == 404 => None,
-                    Err(err) => {
+                    Ok(Err(kube::Error::Api(status))) if status.code == 404 => None,
+                    Ok(Err(err)) => {
                         metrics.write_failed();
                         tracing::warn!(
                             "controllers: the status of deploy {} failed: {err}",
@@ -836,13 +890,126 @@ impl Logs {
                         );
                         None
                     }
+                    Err(_) => {
+                        metrics.write_failed();
+                        tracing::warn!(
+                            "controllers: the status of deploy {} got no answer within \
+                             {WRITE_TIMEOUT:?}; the next plan writes it again",
+                            key.name
+                        );
+                        None
+                    }
                 };
                 // The loop may be gone (leadership lost): then nobody needs the answer.
-                let _ = done.send((key, seen));
+                let _ = done.send((key, number, seen));
                 wake.notify_one();
             });
         }
         rest
+    }
+}
+
+/// Which Deploys' log writes are held back, and until when: the pure part of [`Logs`].
+///
+/// A hold starts when a write is sent ([`Holds::hold`]) and ends when the write fails or
+/// was a no-op, when the reflector shows what it wrote, or when it lasted longer than it
+/// may: `in_flight` without an answer, `seen` after the answer without the reflector
+/// showing it. An answer to a write whose hold ended already is ignored, so a late one
+/// cannot hold back a newer write of the same Deploy.
+#[derive(Debug)]
+struct Holds {
+    held: BTreeMap<ObjectKey, Hold>,
+    sent: u64,
+    in_flight: Duration,
+    seen: Duration,
+}
+
+#[derive(Debug)]
+struct Hold {
+    /// Which write ([`Holds::hold`]'s number).
+    write: u64,
+    /// When it was sent, or answered.
+    since: Instant,
+    /// `None` while in flight, then the write the reflector must show.
+    seen: Option<Written>,
+}
+
+/// Why a hold ended without the write being seen, and after how long.
+#[derive(Debug, PartialEq, Eq)]
+enum Expired {
+    InFlight(Duration),
+    NotSeen(Duration),
+}
+
+impl Holds {
+    fn new(in_flight: Duration, seen: Duration) -> Holds {
+        Holds {
+            held: BTreeMap::new(),
+            sent: 0,
+            in_flight,
+            seen,
+        }
+    }
+
+    /// A write of `key` goes out at `now`: holds the Deploy's later writes back; the
+    /// write's number for [`Holds::answered`].
+    fn hold(&mut self, key: &ObjectKey, now: Instant) -> u64 {
+        self.sent += 1;
+        self.held.insert(
+            key.clone(),
+            Hold {
+                write: self.sent,
+                since: now,
+                seen: None,
+            },
+        );
+        self.sent
+    }
+
+    /// Write `write` of `key` was answered at `now`: wait until the reflector shows
+    /// `seen`, or (`None`) hold nothing any more.
+    fn answered(&mut self, key: &ObjectKey, write: u64, seen: Option<Written>, now: Instant) {
+        let Some(hold) = self.held.get_mut(key).filter(|h| h.write == write) else {
+            return;
+        };
+        match seen {
+            Some(seen) => {
+                hold.since = now;
+                hold.seen = Some(seen);
+            }
+            None => {
+                self.held.remove(key);
+            }
+        }
+    }
+
+    /// Ends the holds whose writes `shows`, and those held too long (returned).
+    fn settle(
+        &mut self,
+        now: Instant,
+        shows: impl Fn(&Written) -> bool,
+    ) -> Vec<(ObjectKey, Expired)> {
+        let mut expired = Vec::new();
+        self.held.retain(|key, hold| {
+            let held = now.saturating_duration_since(hold.since);
+            match &hold.seen {
+                Some(written) if shows(written) => false,
+                Some(_) if held > self.seen => {
+                    expired.push((key.clone(), Expired::NotSeen(held)));
+                    false
+                }
+                None if held > self.in_flight => {
+                    expired.push((key.clone(), Expired::InFlight(held)));
+                    false
+                }
+                _ => true,
+            }
+        });
+        expired
+    }
+
+    fn is_held(&self, key: &ObjectKey) -> bool {
+        self.held.contains_key(key)
     }
 }
 
@@ -888,5 +1055,118 @@ fn gone<T>(deleted: Result<T, kube::Error>) -> Result<(), kube::Error> {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy(name: &str) -> ObjectKey {
+        ObjectKey {
+            namespace: "default".to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    fn written(key: &ObjectKey, rv: u64) -> Written {
+        Written {
+            kind: Kind::Deploy,
+            key: key.clone(),
+            rv: Some(rv),
+            created: false,
+        }
+    }
+
+    const IN_FLIGHT: Duration = Duration::from_secs(30);
+    const SEEN: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn a_deploy_is_held_until_the_reflector_shows_its_write() {
+        let (mut holds, t0, d) = (Holds::new(IN_FLIGHT, SEEN), Instant::now(), deploy("d1"));
+        let write = holds.hold(&d, t0);
+        assert!(holds.is_held(&d));
+        assert!(holds.settle(t0, |_| true).is_empty());
+        assert!(holds.is_held(&d), "in flight: nothing to see yet");
+        holds.answered(&d, write, Some(written(&d, 7000)), t0);
+        let reflector = 6000;
+        let shows = |w: &Written| w.rv.is_some_and(|rv| reflector >= rv);
+        assert!(holds
+            .settle(t0 + Duration::from_millis(10), shows)
+            .is_empty());
+        assert!(holds.is_held(&d));
+        let reflector = 7000;
+        let shows = |w: &Written| w.rv.is_some_and(|rv| reflector >= rv);
+        assert!(holds
+            .settle(t0 + Duration::from_millis(20), shows)
+            .is_empty());
+        assert!(!holds.is_held(&d));
+    }
+
+    #[test]
+    fn a_failed_or_empty_write_holds_nothing() {
+        let (mut holds, t0) = (Holds::new(IN_FLIGHT, SEEN), Instant::now());
+        let (a, b) = (deploy("a"), deploy("b"));
+        let wa = holds.hold(&a, t0);
+        let wb = holds.hold(&b, t0);
+        holds.answered(&a, wa, None, t0);
+        assert!(!holds.is_held(&a));
+        assert!(holds.is_held(&b), "each Deploy is held on its own");
+        holds.answered(&b, wb, None, t0);
+        assert!(!holds.is_held(&b));
+    }
+
+    #[test]
+    fn a_write_without_an_answer_holds_its_deploy_no_longer_than_in_flight() {
+        let (mut holds, t0, d) = (Holds::new(IN_FLIGHT, SEEN), Instant::now(), deploy("d1"));
+        holds.hold(&d, t0);
+        assert!(holds.settle(t0 + IN_FLIGHT, |_| false).is_empty());
+        assert!(holds.is_held(&d));
+        let later = t0 + IN_FLIGHT + Duration::from_millis(1);
+        assert_eq!(
+            holds.settle(later, |_| false),
+            vec![(
+                d.clone(),
+                Expired::InFlight(IN_FLIGHT + Duration::from_millis(1))
+            )]
+        );
+        assert!(!holds.is_held(&d), "the next plan writes the log again");
+    }
+
+    #[test]
+    fn a_write_the_reflector_never_shows_holds_its_deploy_no_longer_than_seen() {
+        let (mut holds, t0, d) = (Holds::new(IN_FLIGHT, SEEN), Instant::now(), deploy("d1"));
+        let write = holds.hold(&d, t0);
+        // Answered late: the wait for the reflector counts from the answer.
+        let answered = t0 + Duration::from_secs(20);
+        holds.answered(&d, write, Some(written(&d, 9000)), answered);
+        assert!(holds.settle(answered + SEEN, |_| false).is_empty());
+        let later = answered + SEEN + Duration::from_millis(1);
+        assert_eq!(
+            holds.settle(later, |_| false),
+            vec![(d.clone(), Expired::NotSeen(SEEN + Duration::from_millis(1)))]
+        );
+        assert!(!holds.is_held(&d));
+    }
+
+    #[test]
+    fn a_late_answer_of_a_write_given_up_on_does_not_hold_the_next_one() {
+        let (mut holds, t0, d) = (Holds::new(IN_FLIGHT, SEEN), Instant::now(), deploy("d1"));
+        let first = holds.hold(&d, t0);
+        let gave_up = t0 + IN_FLIGHT * 2;
+        assert_eq!(holds.settle(gave_up, |_| false).len(), 1);
+        let second = holds.hold(&d, gave_up);
+        assert_ne!(first, second);
+        // The first write's answer arrives after all: it says nothing about the second.
+        holds.answered(&d, first, None, gave_up);
+        assert!(holds.is_held(&d), "the second write is still in flight");
+        holds.answered(&d, first, Some(written(&d, 1)), gave_up);
+        holds.answered(&d, second, Some(written(&d, 5000)), gave_up);
+        let shows = |w: &Written| w.rv == Some(5000);
+        assert!(holds.settle(gave_up, shows).is_empty());
+        assert!(
+            !holds.is_held(&d),
+            "released by the second write's own answer"
+        );
     }
 }
