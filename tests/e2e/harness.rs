@@ -96,7 +96,12 @@ impl Node {
             .args(&self.args)
             .env("MILL_NETNS_PATH", self.host.netns_path())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "info,openraft=error")
+            // MILL_E2E_RUST_LOG (the test's own environment) sets the nodes' filter, e.g.
+            // `info,openraft=error,mill::timeline=debug` to see every controller write.
+            .env(
+                "RUST_LOG",
+                std::env::var("MILL_E2E_RUST_LOG").unwrap_or_else(|_| "info,openraft=error".into()),
+            )
             .env_remove("MILL_ADDRESS")
             .env_remove("MILL_TOKEN")
             .stdin(Stdio::null())
@@ -278,7 +283,13 @@ impl Cluster {
             ),
             missing: format!("{}/mill/missing:1", registry.host),
         };
-        let dir = tempfile::tempdir().unwrap();
+        // MILL_E2E_KEEP=1 keeps the node logs and data dirs: a test nextest kills for
+        // its timeout prints nothing, so a hang leaves no other trace.
+        let dir = tempfile::Builder::new()
+            .disable_cleanup(std::env::var_os("MILL_E2E_KEEP").is_some())
+            .tempdir()
+            .unwrap();
+        eprintln!("e2e cluster dir {}", dir.path().display());
         let mut knobs: Vec<(String, String)> = KNOBS
             .iter()
             .filter(|(k, _)| !env.iter().any(|(o, _)| o == k))
