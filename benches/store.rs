@@ -9,7 +9,9 @@
 //! `-- --quick` runs fewer writes and one round; `-- --size 3` only the 3-node clusters;
 //! `-- --rounds N` (3) how many times each system runs every phase, alternating which one
 //! goes first. Throughputs are the rounds' medians; the watch percentiles are over every
-//! round's samples.
+//! round's samples. mill runs with its default election timeout; each mill watch line
+//! says which member led and in which term. `MILL_BENCH_SAMPLES=DIR` writes every watch
+//! round's samples (start as Unix time, latency ms) to a file per system and round.
 
 #[allow(dead_code)]
 #[path = "../tests/cluster/harness.rs"]
@@ -76,6 +78,24 @@ impl System {
             }
         };
         resp.is_ok_and(|r| r.status().is_success())
+    }
+
+    /// mill's leader (member index) and term as member 0 sees them; `None` for etcd.
+    async fn leadership(&self) -> Option<(usize, u64)> {
+        let System::Mill(c) = self else { return None };
+        let info: Value = c
+            .http
+            .get(c.nodes[0].url("/internal/node/info"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let leader = info["leader_addr"].as_str()?;
+        let member = c.nodes.iter().position(|n| n.addr() == leader)?;
+        Some((member, info["term"].as_u64()?))
     }
 
     /// A streaming watch on member `m`; every event's value goes to `seen`.
@@ -344,10 +364,28 @@ async fn watch_latency(system: &System, key: &str, count: usize) -> Vec<Duration
         _ = watcher => panic!("watch ended early"),
     };
     let seen = seen.lock().unwrap();
-    let mut latencies: Vec<Duration> = sent
+    let samples: Vec<(Instant, Duration)> = sent
         .iter()
-        .filter_map(|(v, t)| seen.get(v).map(|r| r.saturating_duration_since(*t)))
+        .filter_map(|(v, t)| seen.get(v).map(|r| (*t, r.saturating_duration_since(*t))))
         .collect();
+    if let Some(dir) = std::env::var_os("MILL_BENCH_SAMPLES") {
+        // One line per watched write: when it started (Unix time, s), its latency (ms).
+        let (now, clock) = (Instant::now(), std::time::SystemTime::now());
+        let epoch = clock.duration_since(std::time::UNIX_EPOCH).unwrap();
+        let lines: String = samples
+            .iter()
+            .map(|(t, d)| {
+                let at = epoch.saturating_sub(now.duration_since(*t)).as_secs_f64();
+                format!("{at:.4} {:.3}\n", d.as_secs_f64() * 1000.0)
+            })
+            .collect();
+        let name = format!(
+            "{}-{key}.txt",
+            system.name().replace(' ', "").replace("(s)", "")
+        );
+        std::fs::write(std::path::Path::new(&dir).join(name), lines).unwrap();
+    }
+    let mut latencies: Vec<Duration> = samples.into_iter().map(|(_, d)| d).collect();
     latencies.sort();
     assert!(
         latencies.len() * 10 >= count * 9,
@@ -392,7 +430,9 @@ async fn main() {
     let mut summary = Vec::new();
     for size in sizes {
         let systems = [
-            System::Mill(Cluster::start(size, &[]).await),
+            // mill's default election timeout (the test harness's is shorter), as etcd
+            // runs with its defaults.
+            System::Mill(Cluster::start(size, &[("MILL_ELECTION_TIMEOUT_MS", "1000")]).await),
             System::Etcd(Etcd::start(size).await),
         ];
         // Per system: creates/s and updates/s at 64 clients of every round, and every
@@ -424,13 +464,21 @@ async fn main() {
                         }
                     }
                 }
+                let before = system.leadership().await;
                 let latencies = watch_latency(system, &format!("watched-{round}"), nw).await;
+                let after = system.leadership().await;
                 println!(
-                    "| {} | {} | watch latency | 1 | - | {} | {} | 0 |",
+                    "| {} | {} | watch latency | 1 | - | {} | {} | 0 |{}",
                     system.name(),
                     round + 1,
                     ms(percentile(&latencies, 0.5)),
-                    ms(percentile(&latencies, 0.99))
+                    ms(percentile(&latencies, 0.99)),
+                    match (before, after) {
+                        (None, None) => String::new(),
+                        (Some(b), Some(a)) if b == a =>
+                            format!(" leader: member {}, term {}", b.0, b.1),
+                        (b, a) => format!(" leader changed: {b:?} -> {a:?} (member, term)"),
+                    }
                 );
                 watched[s].extend(latencies);
             }
