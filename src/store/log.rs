@@ -5,8 +5,13 @@
 //! ([`Recent`]): the replication to each follower and the apply read back exactly what was
 //! just appended, and serve it from there instead of decoding it from sled again.
 //!
-//! Votes are flushed before `save_vote` returns. `append` writes the batch to sled, awaits
-//! its flush and then completes openraft's callback. openraft 0.9's core awaits each
+//! Votes are flushed before `save_vote` returns. `append` inserts the entries one by one,
+//! in index order, awaits sled's flush and then completes openraft's callback. Not as a
+//! `sled::Batch`: sled writes out its IO buffer before and after a batch's manifest, so a
+//! batch costs two more device writes, which this flush (and every node's, on the path of
+//! every write) would wait for. A batch's atomicity is not needed here: sled recovers a
+//! prefix of its writes, and a crash before the flush may lose any suffix of an append,
+//! as Raft allows for entries not yet acknowledged. openraft 0.9's core awaits each
 //! append's callback before it takes the next request, so there is never a second append
 //! to group with: what spreads one flush over many writes is the `proposer` putting the
 //! concurrent txns in one entry. The flush runs on sled's own threads, so a slow disk holds
@@ -263,16 +268,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
         let mut appended = Vec::new();
         for entry in entries {
             let json = to_json(&entry)?;
-            batch.insert(&index_key(entry.log_id.index), json.as_slice());
+            self.log
+                .insert(index_key(entry.log_id.index), json.as_slice())
+                .map_err(|e| StorageIOError::write_logs(&e))?;
             appended.push((entry, json.len()));
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
         {
             let mut recent = self.recent.lock();
             for (entry, bytes) in appended {
