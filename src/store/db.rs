@@ -98,3 +98,23 @@ impl Database {
         Ok(())
     }
 }
+
+#[cfg(test)]
+impl Database {
+    /// A database in a fresh temp dir, for the storage unit tests.
+    pub async fn open_temp() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            node_id: 0,
+            api_addr: "127.0.0.1:0".into(),
+            token: "t".into(),
+            election_timeout_ms: 1000,
+            snapshot_threshold: 5000,
+            snapshot_log_keep: 1000,
+            watch_window: 100,
+        };
+        let db = Database::open(&config).await.unwrap();
+        (dir, db)
+    }
+}

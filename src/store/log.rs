@@ -329,7 +329,6 @@ mod tests {
     use crate::store::consensus::TypeConfig;
     use crate::store::db::Database;
     use crate::store::state_machine::StateMachine;
-    use crate::store::types::StoreConfig;
 
     struct SledStores;
 
@@ -340,20 +339,9 @@ mod tests {
             &self,
         ) -> Result<((tempfile::TempDir, Database), LogStore, StateMachine), StorageError<u64>>
         {
-            let dir = tempfile::tempdir().unwrap();
-            let config = StoreConfig {
-                data_dir: dir.path().to_path_buf(),
-                node_id: 0,
-                api_addr: "127.0.0.1:0".into(),
-                token: "t".into(),
-                election_timeout_ms: 1000,
-                snapshot_threshold: 5000,
-                snapshot_log_keep: 1000,
-                watch_window: 100,
-            };
-            let db = Database::open(&config).await.unwrap();
+            let (dir, db) = Database::open_temp().await;
             let log = LogStore::open(&db.db, db.user()).unwrap();
-            let (machine, _) = StateMachine::open(&db.db, db.user(), config.watch_window).unwrap();
+            let (machine, _) = StateMachine::open(&db.db, db.user(), 100).unwrap();
             Ok(((dir, db), log, machine))
         }
     }

@@ -381,21 +381,10 @@ mod tests {
     use super::StateMachine;
     use crate::store::consensus::{Batch, TypeConfig};
     use crate::store::db::Database;
-    use crate::store::types::{Key, Op, StoreConfig, Txn};
+    use crate::store::types::{Key, Op, Txn};
 
     async fn machine() -> (tempfile::TempDir, Database, StateMachine) {
-        let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            node_id: 0,
-            api_addr: "127.0.0.1:0".into(),
-            token: "t".into(),
-            election_timeout_ms: 1000,
-            snapshot_threshold: 5000,
-            snapshot_log_keep: 1000,
-            watch_window: 100,
-        };
-        let db = Database::open(&config).await.unwrap();
+        let (dir, db) = Database::open_temp().await;
         let (machine, _) = StateMachine::open(&db.db, db.user(), 100).unwrap();
         (dir, db, machine)
     }
