@@ -7,7 +7,7 @@ mod support;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use mill_crds::AllocPhase;
 use serde_json::json;
 use std::time::Duration;
@@ -233,14 +233,7 @@ async fn a_container_ignoring_sigterm_is_killed_after_the_stop_grace() {
     node.create_alloc("web-1", service_spec("mill.test/stubborn:1", pool_port()))
         .await;
     node.wait_phase("web-1", AllocPhase::Healthy, WITHIN).await;
-    node.allocs()
-        .patch(
-            "web-1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"desiredState": "Stopped"}})),
-        )
-        .await
-        .unwrap();
+    node.stop_alloc("web-1").await;
     node.wait_phase("web-1", AllocPhase::Stopped, WITHIN).await;
     let log = node.log();
     assert!(
@@ -381,14 +374,7 @@ async fn an_alloc_stopped_while_its_node_was_down_is_marked_stopped_once_the_age
     let away = ctd.socket.with_extension("away");
     std::fs::rename(&ctd.socket, &away).expect("move the containerd socket aside");
     node.restart().await;
-    node.allocs()
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"desiredState": "Stopped"}})),
-        )
-        .await
-        .expect("desiredState: Stopped");
+    node.stop_alloc("web").await;
     std::fs::rename(&away, &ctd.socket).expect("put the containerd socket back");
 
     let status = node.wait_phase("web", AllocPhase::Stopped, WITHIN).await;

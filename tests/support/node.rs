@@ -4,7 +4,7 @@
 
 use super::containerd::Containerd;
 use super::eventually;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use mill_crds::{Alloc, AllocPhase, AllocStatus};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -193,6 +193,19 @@ impl MillNode {
             .create(&PostParams::default(), &alloc)
             .await
             .expect("alloc created")
+    }
+
+    /// Asks for the alloc to be stopped (`desiredState: Stopped`), as the controllers do.
+    #[allow(dead_code)] // not every test binary that includes `support` stops allocs
+    pub async fn stop_alloc(&self, name: &str) {
+        self.allocs()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"desiredState": "Stopped"}})),
+            )
+            .await
+            .expect("desiredState: Stopped");
     }
 
     /// Deletes an alloc.
