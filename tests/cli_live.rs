@@ -427,7 +427,9 @@ async fn cli_commands_against_a_live_cluster() {
     }
     let took = samples(&metrics, "mill_tasks_duration_seconds_sum");
     assert!(
-        took.iter().any(|(l, s)| l == &task_count && *s >= 1.0),
+        // The agent's clock starts once `task start` has returned, when `sleep 1` may
+        // already have run for a moment (0.9989 s seen in CI): most of a second, not all.
+        took.iter().any(|(l, s)| l == &task_count && *s >= 0.9),
         "the run slept 1 s:\n{metrics}"
     );
     let applied = samples(&metrics, "mill_store_apply_seconds_count");
