@@ -9,3 +9,15 @@ pub mod daemon;
 pub mod metrics;
 pub mod net;
 pub mod store;
+
+/// An error and its causes on one line (`error sending request: ...: connection reset`).
+pub(crate) fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

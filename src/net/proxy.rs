@@ -859,7 +859,7 @@ impl Proxy {
                         return Exchange::NotSent(format!(
                             "{} failed: {}",
                             backend.alloc.name,
-                            source_chain(&err)
+                            crate::source_chain(&err)
                         ));
                     }
                     let err = err.into_error();
@@ -867,7 +867,7 @@ impl Proxy {
                     return Exchange::Failed(format!(
                         "{} failed: {}",
                         backend.alloc.name,
-                        source_chain(&err)
+                        crate::source_chain(&err)
                     ));
                 }
                 Err(_) => return Exchange::TimedOut,
@@ -902,7 +902,7 @@ impl Proxy {
         let (sender, connection) = up::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|err| cannot_connect(backend, &source_chain(&err)))?;
+            .map_err(|err| cannot_connect(backend, &crate::source_chain(&err)))?;
         let address = backend.address;
         tokio::spawn(async move {
             if let Err(err) = connection.with_upgrades().await {
@@ -1436,18 +1436,6 @@ async fn sweep_pool() {
         sweep(&POOL, now);
         sweep(&RAW_POOL, now);
     }
-}
-
-/// The error and its causes on one line.
-fn source_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A client's IP as `X-Forwarded-For` shows it (IPv4 without its IPv6 mapping).

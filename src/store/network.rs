@@ -90,10 +90,10 @@ impl RpcClient {
                 if e.is_connect() {
                     CallError::Unreachable {
                         addr: addr.to_string(),
-                        message: e.to_string(),
+                        message: crate::source_chain(&e),
                     }
                 } else {
-                    failed(e.to_string())
+                    failed(crate::source_chain(&e))
                 }
             })?;
         let status = response.status();

@@ -36,7 +36,8 @@ async fn first_deploy_of_two_services_spreads_their_replicas_across_the_nodes() 
         assert_eq!(
             nodes.len(),
             replicas,
-            "{name}: one replica per node: {nodes:?}"
+            "{name}: one replica per node: {nodes:?}; all its allocs: {:#?}",
+            summary(&cluster.allocs(name).await)
         );
         for alloc in &allocs {
             let address = alloc

@@ -1,6 +1,6 @@
 //! Failures on a 3-node cluster: a host lost, the leader killed mid-rollout.
 
-use super::harness::{phase, service, summary, Cluster, HEARTBEAT_TIMEOUT, WITHIN};
+use super::harness::{phase, service, summary, Cluster, FAST_LOSS, HEARTBEAT_TIMEOUT, WITHIN};
 use super::support::eventually;
 use mill_crds::{AllocPhase, NodeState};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ const SLOW: &str = r#"  command = ["/bin/sh", "-c", "sleep 2; mkdir -p /www && e
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_host_has_its_replicas_healthy_elsewhere() {
-    let cluster = Cluster::start(&[]).await;
+    let cluster = Cluster::start(&[FAST_LOSS]).await;
     let v1 = cluster.images.v1.clone();
     cluster
         .deploy(&service("web", &v1, 2, ""))

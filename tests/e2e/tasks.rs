@@ -3,7 +3,7 @@
 //! the image's last path segment, `web`, names the task); the scheduler places them and
 //! the agent runs each once.
 
-use super::harness::{phase, summary, Cluster, HEARTBEAT_TIMEOUT, TOKEN, WITHIN};
+use super::harness::{phase, summary, Cluster, FAST_LOSS, HEARTBEAT_TIMEOUT, TOKEN, WITHIN};
 use super::support::eventually;
 use mill_crds::AllocPhase;
 use serde_json::{json, Value};
@@ -83,7 +83,7 @@ async fn a_task_past_its_timeout_is_killed_and_failed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_on_a_lost_host_fails_with_node_lost_and_is_not_retried() {
-    let cluster = Cluster::start(&[]).await;
+    let cluster = Cluster::start(&[FAST_LOSS]).await;
     let id = cluster.spawn(inline(&cluster, "sleep 300")).await;
     let node = eventually(WITHIN, "the task running", || async {
         let alloc = run_of(&cluster, &id).await?;
