@@ -28,7 +28,8 @@ pub const FAST_LOSS: (&str, &str) = ("MILL_HEARTBEAT_TIMEOUT_MS", "3000");
 /// The knobs every node runs with: short heartbeats, ticks and stop grace keep the tests
 /// fast; a test may override any of them.
 const KNOBS: &[(&str, &str)] = &[
-    ("MILL_ELECTION_TIMEOUT_MS", "500"),
+    // mill's default: at 500 ms, leadership flapped when two clusters shared 2 busy cores.
+    ("MILL_ELECTION_TIMEOUT_MS", "1000"),
     ("MILL_HEARTBEAT_INTERVAL_MS", "500"),
     // Long: with two e2e clusters and the rest of the suite on 2 cores, a debug-build node
     // can miss its heartbeats for seconds; a node lost that way mid-test has its replicas
@@ -558,20 +559,28 @@ impl Cluster {
     }
 
     /// `POST /v1/tasks/spawn` with `request` through a running node; returns the run's id
-    /// (also the name of its Alloc).
+    /// (also the name of its Alloc). A 503 (no leader for a moment: elections under load)
+    /// is retried as its message says, for up to [`WITHIN`].
     pub async fn spawn(&self, request: Value) -> String {
-        let answer = self
-            .http
-            .post(self.nodes[self.live()].url("/v1/tasks/spawn"))
-            .bearer_auth(TOKEN)
-            .json(&request)
-            .send()
-            .await
-            .expect("POST /v1/tasks/spawn reaches the node");
-        let code = answer.status().as_u16();
-        let body: Value = answer.json().await.expect("a JSON answer");
-        assert_eq!(code, 201, "spawn {request}: {body}");
-        body["id"].as_str().expect("the run's id").to_string()
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let answer = self
+                .http
+                .post(self.nodes[self.live()].url("/v1/tasks/spawn"))
+                .bearer_auth(TOKEN)
+                .json(&request)
+                .send()
+                .await
+                .expect("POST /v1/tasks/spawn reaches the node");
+            let code = answer.status().as_u16();
+            let body: Value = answer.json().await.expect("a JSON answer");
+            if code == 503 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            assert_eq!(code, 201, "spawn {request}: {body}");
+            return body["id"].as_str().expect("the run's id").to_string();
+        }
     }
 
     /// Waits until alloc `name` is terminal; returns it.
