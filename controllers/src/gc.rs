@@ -14,6 +14,19 @@ use jiff::Timestamp;
 use mill_crds::{Alloc, DeployPhase, DesiredState, OwnerKind, Service};
 use std::collections::{BTreeMap, HashMap};
 
+/// The deletion of an ended alloc, sent independently of the plan's other writes: it is
+/// decided from the View alone and no write relies on it. Another planner may patch the
+/// same ended alloc in the plan (its stop, its unrouting); either order ends with it
+/// deleted, as a patch after the deletion is a 404, which the loop takes as nothing to
+/// do. So the write that ends a deploy, in the plan that deletes the allocs of the
+/// revision it replaced, does not wait behind those deletions.
+fn delete(alloc: &Alloc) -> Action {
+    Action::DeleteAlloc {
+        alloc: ObjectKey::of(&alloc.metadata),
+    }
+    .independent()
+}
+
 /// Deletions by retention and history limits.
 pub fn plan(view: &View, now: Timestamp, knobs: &Knobs) -> Vec<Action> {
     let services: HashMap<ObjectKey, &Service> = view
@@ -39,9 +52,7 @@ pub fn plan(view: &View, now: Timestamp, knobs: &Knobs) -> Vec<Action> {
             continue;
         }
         if orphan {
-            actions.push(Action::DeleteAlloc {
-                alloc: ObjectKey::of(&alloc.metadata),
-            });
+            actions.push(delete(alloc));
             continue;
         }
         ended
@@ -68,9 +79,7 @@ pub fn plan(view: &View, now: Timestamp, knobs: &Knobs) -> Vec<Action> {
             let old = expires
                 && ended_at(alloc).is_some_and(|t| view::elapsed(t, now) >= knobs.alloc_retention);
             if i >= keep || old {
-                actions.push(Action::DeleteAlloc {
-                    alloc: ObjectKey::of(&alloc.metadata),
-                });
+                actions.push(delete(alloc));
             }
         }
     }
@@ -123,7 +132,7 @@ mod tests {
     fn deleted(actions: &[Action]) -> Vec<String> {
         let mut names: Vec<String> = actions
             .iter()
-            .filter_map(|a| match a {
+            .filter_map(|a| match a.write() {
                 Action::DeleteAlloc { alloc } => Some(alloc.name.clone()),
                 Action::DeleteDeploy { deploy } => Some(deploy.name.clone()),
                 _ => None,
