@@ -228,6 +228,25 @@ fn spawn_default_namespace(state: &Arc<ApiState>) {
     });
 }
 
+/// Whether namespace `name` exists on this node's view of the store. `default` always
+/// does: asked for before the background creation committed (a request right after
+/// `mill init`), it is created here.
+pub async fn namespace_exists(store: &Store, name: &str) -> Result<bool, StoreError> {
+    let key = Key {
+        resource: "/namespaces".to_string(),
+        namespace: None,
+        name: name.to_string(),
+    };
+    if store.get(&key).is_some() {
+        return Ok(true);
+    }
+    if name != "default" {
+        return Ok(false);
+    }
+    ensure_default_namespace(store).await?;
+    Ok(true)
+}
+
 /// Creates the `default` namespace if it does not exist (idempotent; any node may call it).
 pub async fn ensure_default_namespace(store: &Store) -> Result<(), StoreError> {
     let key = Key {

@@ -122,18 +122,17 @@ pub(crate) async fn put(
             format!("invalid secret name: {}", cause.message),
         );
     }
-    let namespace_key = Key {
-        resource: "/namespaces".to_string(),
-        namespace: None,
-        name: namespace.to_string(),
-    };
-    if state.store.get(&namespace_key).is_none() {
-        return super::error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "namespace \"{namespace}\" not found; deploy to it first or pick another with -n"
-            ),
-        );
+    match crate::api::namespace_exists(&state.store, namespace).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return super::error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "namespace \"{namespace}\" not found; deploy to it first or pick another with -n"
+                ),
+            );
+        }
+        Err(err) => return super::store_error(&err),
     }
     let key = key(namespace, &name);
     let existing = state.store.get(&key);

@@ -204,16 +204,15 @@ pub(crate) async fn spawn(
     if let Err(err) = store.read_barrier().await {
         return store_error(&err);
     }
-    let namespace_key = Key {
-        resource: "/namespaces".to_string(),
-        namespace: None,
-        name: namespace.to_string(),
-    };
-    if store.get(&namespace_key).is_none() {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no namespace {namespace}; deploy to it first, or pick another with -n"),
-        );
+    match crate::api::namespace_exists(store, namespace).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no namespace {namespace}; deploy to it first, or pick another with -n"),
+            );
+        }
+        Err(err) => return store_error(&err),
     }
     let (task, spec) = match resolve(store, namespace, request) {
         Ok(resolved) => resolved,
