@@ -232,19 +232,16 @@ fn spawn_default_namespace(state: &Arc<ApiState>) {
 /// does: asked for before the background creation committed (a request right after
 /// `mill init`), it is created here.
 pub async fn namespace_exists(store: &Store, name: &str) -> Result<bool, StoreError> {
+    if name == "default" {
+        ensure_default_namespace(store).await?;
+        return Ok(true);
+    }
     let key = Key {
         resource: "/namespaces".to_string(),
         namespace: None,
         name: name.to_string(),
     };
-    if store.get(&key).is_some() {
-        return Ok(true);
-    }
-    if name != "default" {
-        return Ok(false);
-    }
-    ensure_default_namespace(store).await?;
-    Ok(true)
+    Ok(store.get(&key).is_some())
 }
 
 /// Creates the `default` namespace if it does not exist (idempotent; any node may call it).
