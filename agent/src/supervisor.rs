@@ -554,10 +554,7 @@ impl Supervisor {
     /// SIGTERM, then SIGKILL after the stop grace; `stopping` is written while the
     /// container exits (the terminal phase comes after it).
     async fn stop_gracefully(&self) -> Outcome {
-        let rt = &self.ctx.runtime;
-        if let Err(e) = rt.task_kill(&self.id, 15).await {
-            tracing::warn!("cannot SIGTERM {}: {e}", self.id);
-        }
+        sigterm(&self.ctx, &self.id).await;
         self.step("SIGTERM sent");
         let stopping = async {
             // A controller's failure verdict (a task timeout) is not overwritten by `stopping`.
@@ -777,6 +774,24 @@ impl Supervisor {
     }
 }
 
+/// SIGTERM to every process of container `id`: straight through its cgroup, else (no
+/// cgroup to read, nothing listed) through containerd, which runs `runc kill --all`.
+/// Whether the signal went out.
+async fn sigterm(ctx: &Ctx, id: &str) -> bool {
+    let cgroup = crate::usage::cgroups_path(&ctx.config.containerd_namespace, id);
+    match crate::cgroup::signal_all(&cgroup, libc::SIGTERM) {
+        Ok(_) => return true,
+        Err(e) => tracing::debug!("cannot signal {id} through its cgroup ({e}); asking containerd"),
+    }
+    match ctx.runtime.task_kill(id, 15).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("cannot SIGTERM {id}: {e}");
+            false
+        }
+    }
+}
+
 /// Stops (SIGKILL) and removes a container with its task and snapshot.
 pub async fn remove(ctx: &Ctx, id: &str) {
     let rt = &ctx.runtime;
@@ -803,7 +818,7 @@ pub async fn remove_orphan(
 ) {
     let rt = &ctx.runtime;
     if let Ok(Some(TaskState::Running { .. })) = rt.task_get(&id).await {
-        if rt.task_kill(&id, 15).await.is_ok() {
+        if sigterm(&ctx, &id).await {
             let _ = tokio::time::timeout(ctx.config.timings.stop_grace, rt.task_wait(&id)).await;
         }
     }
