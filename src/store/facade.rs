@@ -68,6 +68,7 @@ impl Store {
         let database = Database::open(&config).await?;
         let log = LogStore::open(&database.db, database.user())?;
         let committed = log.committed();
+        let appends = log.appends();
         let (machine, replica) =
             StateMachine::open(&database.db, database.user(), config.watch_window)?;
         let rpc = RpcClient::new(&config.token, config.node_id)?;
@@ -75,7 +76,7 @@ impl Store {
         let raft = Raft::new(config.node_id, raft_config, network, log, machine)
             .await
             .map_err(internal)?;
-        let proposer = Proposer::spawn(raft.clone());
+        let proposer = Proposer::spawn(raft.clone(), appends);
         let forwarder = Forwarder::spawn(rpc.clone(), timing.forward_deadline());
         let leader_reads = {
             let raft = raft.clone();

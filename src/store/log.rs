@@ -14,7 +14,8 @@
 //! as Raft allows for entries not yet acknowledged. openraft 0.9's core awaits each
 //! append's callback before it takes the next request, so there is never a second append
 //! to group with: what spreads one flush over many writes is the `proposer` putting the
-//! concurrent txns in one entry. The flush runs on sled's own threads, so a slow disk holds
+//! concurrent txns in one entry, and [`Appends`] tells it when an append is over, so that
+//! the txns proposed during one flush wait for it and share the next entry. The flush runs on sled's own threads, so a slow disk holds
 //! up Raft but never a runtime worker. Single inserts, batches and range reads touch sled's
 //! in-memory page cache and are cheap enough to run on the runtime; the only potentially
 //! long operation, purging thousands of entries after a snapshot, runs on a blocking thread.
@@ -55,7 +56,53 @@ pub(crate) struct LogStore {
     committed: Arc<AtomicU64>,
     /// The newest entries, decoded (see the module doc).
     recent: Arc<Mutex<Recent>>,
+    /// How many appends have begun and finished (for the proposer).
+    appends: Arc<Appends>,
     _user: DbUser,
+}
+
+/// The count of this node's log appends that have begun, and of those finished (flushed or
+/// failed), in order: openraft runs one at a time.
+#[derive(Debug)]
+pub(crate) struct Appends {
+    begun: AtomicU64,
+    finished: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Appends {
+    fn default() -> Self {
+        Appends {
+            begun: AtomicU64::new(0),
+            finished: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl Appends {
+    /// How many appends have begun.
+    pub fn begun(&self) -> u64 {
+        self.begun.load(Ordering::SeqCst)
+    }
+
+    /// Follows how many appends have finished.
+    pub fn finished(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.finished.subscribe()
+    }
+
+    /// Counts an append as begun; it is finished when the guard drops.
+    fn begin(&self) -> AppendGuard<'_> {
+        self.begun.fetch_add(1, Ordering::SeqCst);
+        AppendGuard(self)
+    }
+}
+
+/// An append in progress; dropping it (after the flush, or on an early error) finishes it.
+struct AppendGuard<'a>(&'a Appends);
+
+impl Drop for AppendGuard<'_> {
+    fn drop(&mut self) {
+        self.0.finished.send_modify(|n| *n += 1);
+    }
 }
 
 /// How many of the newest entries [`Recent`] keeps at most, and how many bytes of their
@@ -140,6 +187,7 @@ impl LogStore {
             meta: db.open_tree("raft_meta").map_err(internal)?,
             committed: Arc::new(AtomicU64::new(0)),
             recent: Arc::default(),
+            appends: Arc::default(),
             _user: user,
         };
         let committed: Option<LogId<u64>> = read_json(&store.meta, COMMITTED).map_err(internal)?;
@@ -152,6 +200,11 @@ impl LogStore {
     /// The committed index as last reported by Raft (shared with the facade).
     pub fn committed(&self) -> Arc<AtomicU64> {
         self.committed.clone()
+    }
+
+    /// The progress of this node's appends (shared with the proposer).
+    pub fn appends(&self) -> Arc<Appends> {
+        self.appends.clone()
     }
 }
 
@@ -268,6 +321,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let appends = self.appends.clone();
+        let _append = appends.begin();
         let mut appended = Vec::new();
         for entry in entries {
             let json = to_json(&entry)?;
