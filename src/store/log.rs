@@ -15,10 +15,11 @@
 //! append's callback before it takes the next request, so there is never a second append
 //! to group with: what spreads one flush over many writes is the `proposer` putting the
 //! concurrent txns in one entry, and [`Appends`] tells it when an append is over, so that
-//! the txns proposed during one flush wait for it and share the next entry. The flush runs on sled's own threads, so a slow disk holds
-//! up Raft but never a runtime worker. Single inserts, batches and range reads touch sled's
-//! in-memory page cache and are cheap enough to run on the runtime; the only potentially
-//! long operation, purging thousands of entries after a snapshot, runs on a blocking thread.
+//! the txns proposed during one flush wait for it and share the next entry. The flush runs
+//! on sled's own threads, so a slow disk holds up Raft but never a runtime worker. Single
+//! inserts, batches and range reads touch sled's in-memory page cache and are cheap enough
+//! to run on the runtime; the only potentially long operation, purging thousands of entries
+//! after a snapshot, runs on a blocking thread.
 
 // openraft's traits return its `StorageError` (large); helpers return it too, unboxed.
 #![allow(clippy::result_large_err)]
