@@ -41,6 +41,8 @@ const BATCH_BYTES: usize = 1024 * 1024;
 struct Pending {
     txn: Txn,
     bytes: usize,
+    /// When it was proposed.
+    queued: Instant,
     reply: oneshot::Sender<Attempt<Applied>>,
 }
 
@@ -70,6 +72,7 @@ impl Proposer {
         let (reply, outcome) = oneshot::channel();
         let pending = Pending {
             bytes: encoded_len(&txn),
+            queued: Instant::now(),
             txn,
             reply,
         };
@@ -134,14 +137,25 @@ async fn run(
 
 /// Proposes `batch` as one entry and answers each transaction; frees `slot` when done.
 async fn commit(raft: Raft, batch: Vec<Pending>, slot: OwnedSemaphorePermit, applied: Histogram) {
+    let proposed = Instant::now();
+    let waited = batch
+        .iter()
+        .map(|p| proposed.duration_since(p.queued))
+        .max()
+        .unwrap_or_default();
     let (txns, replies): (Vec<Txn>, Vec<_>) = batch.into_iter().map(|p| (p.txn, p.reply)).unzip();
     let count = txns.len();
-    let proposed = Instant::now();
     let written = raft.client_write(Batch { txns: txns.into() }).await;
     drop(slot);
     if written.is_ok() {
         applied.observe(proposed.elapsed().as_secs_f64());
     }
+    tracing::debug!(
+        target: mill_controllers::runtime::TIMELINE,
+        "store entry of {count} txns: queued up to {:.1} ms, then applied in {:.1} ms",
+        waited.as_secs_f64() * 1000.0,
+        proposed.elapsed().as_secs_f64() * 1000.0
+    );
     let outcomes: Vec<Attempt<Applied>> = match written {
         Ok(response) if response.data.0.len() == count => response
             .data
